@@ -11,6 +11,7 @@ mod matcher;
 mod sample;
 mod sink;
 mod sketch;
+mod span;
 pub mod telemetry;
 pub mod units;
 
@@ -25,4 +26,8 @@ pub use sink::{
     Bucket, MetricReader, MetricSink, ReadError, SelectHints, SeriesSketches, SinkError,
 };
 pub use sketch::{Sketch, SketchDecodeError, SKETCH_RELATIVE_ACCURACY};
+pub use span::{
+    hex_id, parse_hex_id, MemorySpanSink, Span, SpanEvent, SpanKind, SpanLink, SpanSink,
+    SpanSinkError, StatusCode,
+};
 pub use telemetry::Telemetry;
