@@ -2,5 +2,6 @@
 
 pub mod import;
 pub mod json_logs;
+pub mod otlp;
 pub mod remote_write;
 pub mod statsd;
