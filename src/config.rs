@@ -157,13 +157,51 @@ pub struct TracesConfig {
     /// How long spans are kept.
     #[serde(with = "units::duration")]
     pub retention: Duration,
+    /// Bytes the span store may take on disk before its oldest partitions are dropped; 0 = no
+    /// size limit.
+    #[serde(with = "units::size")]
+    pub retention_size: u64,
+    /// Span attributes whose values are correlation IDs (request IDs, order UUIDs).
+    pub correlation_attributes: Vec<String>,
 }
 
 impl Default for TracesConfig {
     fn default() -> Self {
         TracesConfig {
             retention: Duration::from_secs(7 * 86_400),
+            retention_size: 0,
+            correlation_attributes: vec![
+                "correlation_id".to_string(),
+                "request_id".to_string(),
+                "uuid".to_string(),
+            ],
         }
+    }
+}
+
+impl TracesConfig {
+    /// Checks retention and the correlation attribute names.
+    ///
+    /// # Errors
+    /// [`ConfigError::Value`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.retention.is_zero() {
+            return Err(ConfigError::Value {
+                key: "traces.retention".to_string(),
+                reason: "must be positive".to_string(),
+            });
+        }
+        if let Some(empty) = self
+            .correlation_attributes
+            .iter()
+            .find(|attribute| attribute.trim().is_empty())
+        {
+            return Err(ConfigError::Value {
+                key: "traces.correlation_attributes".to_string(),
+                reason: format!("{empty:?} is not an attribute name"),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -396,6 +434,7 @@ impl Config {
                 reason: format!("{empty:?} is not a field name"),
             });
         }
+        self.traces.validate()?;
         if self.storage.limits.log_line_bytes == 0 {
             return Err(ConfigError::Value {
                 key: "storage.limits.log_line_bytes".to_string(),
@@ -497,6 +536,30 @@ mod tests {
         assert_eq!(config.storage.rollups.len(), 2);
         assert_eq!(config.server.max_body_bytes, 16 << 20);
         assert!(config.rule_files.is_none());
+    }
+
+    #[test]
+    fn traces_section_keys_and_validation() {
+        let config = Config::parse("", no_env()).unwrap();
+        assert_eq!(config.traces.retention_size, 0);
+        assert_eq!(
+            config.traces.correlation_attributes,
+            ["correlation_id", "request_id", "uuid"]
+        );
+        let text = "traces:\n  retention: 2d\n  retention_size: 10GiB\n  correlation_attributes: [order_id]\n";
+        let config = Config::parse(text, no_env()).unwrap();
+        assert_eq!(config.traces.retention, Duration::from_secs(2 * 86_400));
+        assert_eq!(config.traces.retention_size, 10 << 30);
+        assert_eq!(config.traces.correlation_attributes, ["order_id"]);
+        let config = Config::parse("traces:\n  retention: 0s\n", no_env()).unwrap();
+        let error = config.validate().unwrap_err();
+        assert!(error.to_string().contains("traces.retention"), "{error}");
+        let config = Config::parse("traces:\n  correlation_attributes: ['']\n", no_env()).unwrap();
+        let error = config.validate().unwrap_err();
+        assert!(
+            error.to_string().contains("traces.correlation_attributes"),
+            "{error}"
+        );
     }
 
     #[test]

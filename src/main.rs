@@ -9,6 +9,7 @@ mod config;
 mod logs;
 mod self_monitoring;
 mod serve;
+mod traces;
 
 use std::process::ExitCode;
 

@@ -124,6 +124,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    // Traces: the span store and its retention. OTLP ingest writes through `span_sink`.
+    let span_store: Arc<vigil_traces::SpanStore> = crate::traces::open_store(&config).await?;
+    let span_sink: Arc<dyn vigil_model::SpanSink> = span_store.clone();
+    let _ = &span_sink;
+    tasks.spawn(crate::traces::run_maintenance(
+        span_store.clone(),
+        telemetry.clone(),
+        shutdown.clone(),
+    ));
+    let correlated_logs = Arc::new(crate::traces::LogStoreCorrelation::new(log_store.clone()));
+
     // HTTP.
     let ingest = IngestState::new(ingest_sink.clone(), telemetry.clone(), 64);
     let max_body_bytes = config.server.max_body_bytes as usize;
@@ -150,6 +161,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ))
         .merge(vigil_collector::sources::json_logs::router(log_ingest))
         .merge(vigil_logs::api::router(log_store.clone()))
+        .merge(vigil_traces::router(span_store.clone(), correlated_logs))
         .layer(axum::middleware::map_response(json_for_plain_errors))
         .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true))
         .layer(DefaultBodyLimit::max(max_body_bytes));

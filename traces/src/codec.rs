@@ -1,0 +1,374 @@
+//! The binary form of a chunk: the spans of one trace written by one write call, postcard
+//! encoded. Attribute values are OTLP `AnyValue`s held as JSON in [`Span`]; postcard cannot
+//! carry `serde_json::Value` (it is self-describing), so they travel as [`StoredValue`].
+//! Resource attribute sets repeat across the spans of a batch and are stored once per chunk.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
+use vigil_model::{Span, SpanEvent, SpanKind, SpanLink, StatusCode};
+
+/// Format version written as the first byte of every chunk.
+const CHUNK_FORMAT: u8 = 1;
+
+/// A chunk did not decode: the file is damaged or was written by a newer Vigil.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The chunk is empty.
+    #[error("empty span chunk")]
+    Empty,
+    /// The format byte is unknown.
+    #[error("span chunk format {0} is unknown (written by a newer Vigil?)")]
+    UnknownFormat(u8),
+    /// postcard failed.
+    #[error("span chunk does not decode: {0}")]
+    Postcard(#[from] postcard::Error),
+    /// A span names a resource the chunk does not hold.
+    #[error("span chunk names resource {0} it does not hold")]
+    MissingResource(u32),
+}
+
+/// A JSON value in a form postcard can carry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum StoredValue {
+    Null,
+    Bool(bool),
+    Signed(i64),
+    Unsigned(u64),
+    Float(f64),
+    Text(String),
+    Array(Vec<StoredValue>),
+    Object(Vec<(String, StoredValue)>),
+}
+
+impl StoredValue {
+    fn from_json(value: &Value) -> StoredValue {
+        match value {
+            Value::Null => StoredValue::Null,
+            Value::Bool(flag) => StoredValue::Bool(*flag),
+            Value::Number(number) => {
+                if let Some(signed) = number.as_i64() {
+                    StoredValue::Signed(signed)
+                } else if let Some(unsigned) = number.as_u64() {
+                    StoredValue::Unsigned(unsigned)
+                } else {
+                    StoredValue::Float(number.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            Value::String(text) => StoredValue::Text(text.clone()),
+            Value::Array(items) => StoredValue::Array(items.iter().map(Self::from_json).collect()),
+            Value::Object(map) => StoredValue::Object(object_to_stored(map)),
+        }
+    }
+
+    fn into_json(self) -> Value {
+        match self {
+            StoredValue::Null => Value::Null,
+            StoredValue::Bool(flag) => Value::Bool(flag),
+            StoredValue::Signed(signed) => Value::Number(signed.into()),
+            StoredValue::Unsigned(unsigned) => Value::Number(unsigned.into()),
+            // NaN and infinities have no JSON form; OTLP JSON cannot send them either.
+            StoredValue::Float(float) => Number::from_f64(float).map_or(Value::Null, Value::Number),
+            StoredValue::Text(text) => Value::String(text),
+            StoredValue::Array(items) => {
+                Value::Array(items.into_iter().map(StoredValue::into_json).collect())
+            }
+            StoredValue::Object(pairs) => Value::Object(stored_to_object(pairs)),
+        }
+    }
+}
+
+fn object_to_stored(map: &Map<String, Value>) -> Vec<(String, StoredValue)> {
+    map.iter()
+        .map(|(key, value)| (key.clone(), StoredValue::from_json(value)))
+        .collect()
+}
+
+fn stored_to_object(pairs: Vec<(String, StoredValue)>) -> Map<String, Value> {
+    pairs
+        .into_iter()
+        .map(|(key, value)| (key, value.into_json()))
+        .collect()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredEvent {
+    time_unix_nano: i64,
+    name: String,
+    attributes: Vec<(String, StoredValue)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredLink {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    attributes: Vec<(String, StoredValue)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSpan {
+    span_id: [u8; 8],
+    parent_span_id: Option<[u8; 8]>,
+    service: String,
+    name: String,
+    kind: u8,
+    start_unix_nano: i64,
+    duration_ns: i64,
+    status: u8,
+    status_message: String,
+    attributes: Vec<(String, StoredValue)>,
+    /// Index into the chunk's resources.
+    resource: u32,
+    events: Vec<StoredEvent>,
+    links: Vec<StoredLink>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredChunk {
+    trace_id: [u8; 16],
+    resources: Vec<Vec<(String, StoredValue)>>,
+    spans: Vec<StoredSpan>,
+}
+
+fn kind_code(kind: SpanKind) -> u8 {
+    match kind {
+        SpanKind::Internal => 0,
+        SpanKind::Server => 1,
+        SpanKind::Client => 2,
+        SpanKind::Producer => 3,
+        SpanKind::Consumer => 4,
+    }
+}
+
+fn kind_from_code(code: u8) -> SpanKind {
+    match code {
+        1 => SpanKind::Server,
+        2 => SpanKind::Client,
+        3 => SpanKind::Producer,
+        4 => SpanKind::Consumer,
+        _ => SpanKind::Internal,
+    }
+}
+
+fn status_code(status: StatusCode) -> u8 {
+    match status {
+        StatusCode::Unset => 0,
+        StatusCode::Ok => 1,
+        StatusCode::Error => 2,
+    }
+}
+
+fn status_from_code(code: u8) -> StatusCode {
+    match code {
+        1 => StatusCode::Ok,
+        2 => StatusCode::Error,
+        _ => StatusCode::Unset,
+    }
+}
+
+/// Encodes spans of one trace (all with `trace_id`) into a chunk.
+pub fn encode_chunk(trace_id: [u8; 16], spans: &[&Span]) -> Result<Vec<u8>, postcard::Error> {
+    let mut resources: Vec<&Map<String, Value>> = Vec::new();
+    let mut stored_spans = Vec::with_capacity(spans.len());
+    for span in spans {
+        debug_assert_eq!(span.trace_id, trace_id);
+        let resource_index = match resources
+            .iter()
+            .position(|resource| *resource == &span.resource)
+        {
+            Some(index) => index,
+            None => {
+                resources.push(&span.resource);
+                resources.len() - 1
+            }
+        };
+        stored_spans.push(StoredSpan {
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            service: span.service.clone(),
+            name: span.name.clone(),
+            kind: kind_code(span.kind),
+            start_unix_nano: span.start_unix_nano,
+            duration_ns: span.duration_ns,
+            status: status_code(span.status),
+            status_message: span.status_message.clone(),
+            attributes: object_to_stored(&span.attributes),
+            resource: u32::try_from(resource_index).unwrap_or(u32::MAX),
+            events: span
+                .events
+                .iter()
+                .map(|event| StoredEvent {
+                    time_unix_nano: event.time_unix_nano,
+                    name: event.name.clone(),
+                    attributes: object_to_stored(&event.attributes),
+                })
+                .collect(),
+            links: span
+                .links
+                .iter()
+                .map(|link| StoredLink {
+                    trace_id: link.trace_id,
+                    span_id: link.span_id,
+                    attributes: object_to_stored(&link.attributes),
+                })
+                .collect(),
+        });
+    }
+    let chunk = StoredChunk {
+        trace_id,
+        resources: resources.into_iter().map(object_to_stored).collect(),
+        spans: stored_spans,
+    };
+    let mut bytes = vec![CHUNK_FORMAT];
+    bytes.extend_from_slice(&postcard::to_allocvec(&chunk)?);
+    Ok(bytes)
+}
+
+/// Decodes a chunk into its spans, in the order written.
+///
+/// # Errors
+/// [`DecodeError`] when the bytes are not a chunk.
+pub fn decode_chunk(bytes: &[u8]) -> Result<Vec<Span>, DecodeError> {
+    let (format, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if *format != CHUNK_FORMAT {
+        return Err(DecodeError::UnknownFormat(*format));
+    }
+    let chunk: StoredChunk = postcard::from_bytes(body)?;
+    let resources: Vec<Map<String, Value>> =
+        chunk.resources.into_iter().map(stored_to_object).collect();
+    let mut spans = Vec::with_capacity(chunk.spans.len());
+    for stored in chunk.spans {
+        let resource = resources
+            .get(stored.resource as usize)
+            .ok_or(DecodeError::MissingResource(stored.resource))?
+            .clone();
+        spans.push(Span {
+            trace_id: chunk.trace_id,
+            span_id: stored.span_id,
+            parent_span_id: stored.parent_span_id,
+            service: stored.service,
+            name: stored.name,
+            kind: kind_from_code(stored.kind),
+            start_unix_nano: stored.start_unix_nano,
+            duration_ns: stored.duration_ns,
+            status: status_from_code(stored.status),
+            status_message: stored.status_message,
+            attributes: stored_to_object(stored.attributes),
+            resource,
+            events: stored
+                .events
+                .into_iter()
+                .map(|event| SpanEvent {
+                    time_unix_nano: event.time_unix_nano,
+                    name: event.name,
+                    attributes: stored_to_object(event.attributes),
+                })
+                .collect(),
+            links: stored
+                .links
+                .into_iter()
+                .map(|link| SpanLink {
+                    trace_id: link.trace_id,
+                    span_id: link.span_id,
+                    attributes: stored_to_object(link.attributes),
+                })
+                .collect(),
+        });
+    }
+    Ok(spans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn sample_span() -> Span {
+        let mut span = Span {
+            trace_id: [7; 16],
+            span_id: [1, 2, 3, 4, 5, 6, 7, 8],
+            parent_span_id: Some([9; 8]),
+            service: "orders".to_string(),
+            name: "POST /orders".to_string(),
+            kind: SpanKind::Server,
+            start_unix_nano: 1_700_000_000_123_456_789,
+            duration_ns: 12_345_678,
+            status: StatusCode::Error,
+            status_message: "timeout".to_string(),
+            ..Span::default()
+        };
+        span.attributes
+            .insert("http.status_code".into(), json!(500));
+        span.attributes.insert("request_id".into(), json!("req-1"));
+        span.attributes.insert("ratio".into(), json!(0.5));
+        span.attributes.insert("big".into(), json!(u64::MAX));
+        span.attributes
+            .insert("nested".into(), json!({"a": [1, "x", null, true]}));
+        span.resource.insert("service.name".into(), json!("orders"));
+        span.events.push(SpanEvent {
+            time_unix_nano: 1_700_000_000_200_000_000,
+            name: "exception".to_string(),
+            attributes: json!({"exception.message": "boom"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        });
+        span.links.push(SpanLink {
+            trace_id: [3; 16],
+            span_id: [4; 8],
+            attributes: Map::new(),
+        });
+        span
+    }
+
+    #[test]
+    fn chunk_round_trips_every_field() {
+        let first = sample_span();
+        let mut second = sample_span();
+        second.span_id = [2; 8];
+        second.parent_span_id = None;
+        second.kind = SpanKind::Consumer;
+        second.status = StatusCode::Ok;
+        let mut third = sample_span();
+        third.resource.insert("host.name".into(), json!("h1"));
+        let bytes = encode_chunk([7; 16], &[&first, &second, &third]).unwrap();
+        let decoded = decode_chunk(&bytes).unwrap();
+        assert_eq!(decoded, vec![first, second, third]);
+    }
+
+    #[test]
+    fn damaged_chunks_are_errors() {
+        assert!(matches!(decode_chunk(&[]), Err(DecodeError::Empty)));
+        assert!(matches!(
+            decode_chunk(&[9, 1, 2]),
+            Err(DecodeError::UnknownFormat(9))
+        ));
+        let bytes = encode_chunk([7; 16], &[&sample_span()]).unwrap();
+        assert!(decode_chunk(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut framed = vec![CHUNK_FORMAT];
+            framed.extend_from_slice(&bytes);
+            let _ = decode_chunk(&framed);
+            let _ = decode_chunk(&bytes);
+        }
+
+        #[test]
+        fn attributes_round_trip(
+            key in "[a-z._]{0,12}",
+            text in ".{0,20}",
+            signed in any::<i64>(),
+            float in -1e300f64..1e300,
+            flag in any::<bool>(),
+        ) {
+            let mut span = sample_span();
+            span.attributes.insert(key.clone(), json!([text, signed, float, flag]));
+            span.resource.insert(key, json!({"n": signed}));
+            let bytes = encode_chunk([7; 16], &[&span]).unwrap();
+            prop_assert_eq!(decode_chunk(&bytes).unwrap(), vec![span]);
+        }
+    }
+}

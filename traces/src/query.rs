@@ -1,0 +1,609 @@
+//! Queries over the span store: a trace by ID, trace search, services and operations, the
+//! service dependency graph, and the traces carrying a correlation ID. All blocking: call them
+//! from a blocking thread.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use rusqlite::params;
+use serde_json::Value;
+use vigil_model::{parse_hex_id, Span, StatusCode};
+
+use crate::store::{read_chunk, read_trace, split_span_no, SpanStore, StoreError};
+
+/// Spans the dependency graph reads at most per request; past it the graph covers the newest
+/// part of the window and says so.
+pub const MAX_DEPENDENCY_SPANS: usize = 2_000_000;
+/// Index rows a search examines at most before it answers with what it found.
+pub const MAX_SEARCH_ROWS: usize = 1_000_000;
+/// Traces a correlation ID resolves to at most.
+pub const MAX_CORRELATED_TRACES: usize = 100;
+
+/// A trace search, as `GET /api/v1/traces` takes it.
+#[derive(Clone, Debug, Default)]
+pub struct TraceQuery {
+    /// The service of a matching span.
+    pub service: Option<String>,
+    /// The name of a matching span.
+    pub operation: Option<String>,
+    /// Attributes (span or resource) a matching span carries, compared as text; `error=true`
+    /// matches spans with status error.
+    pub tags: Vec<(String, String)>,
+    /// Shortest duration of a matching span, ns.
+    pub min_duration_ns: Option<i64>,
+    /// Longest duration of a matching span, ns.
+    pub max_duration_ns: Option<i64>,
+    /// Earliest start of a matching span, ns.
+    pub start_ns: i64,
+    /// Latest start of a matching span, ns.
+    pub end_ns: i64,
+    /// Traces returned at most.
+    pub limit: usize,
+}
+
+/// One trace in search results.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceSummary {
+    /// The trace.
+    pub trace_id: [u8; 16],
+    /// Service of the root span (the earliest span without a parent in the trace).
+    pub root_service: String,
+    /// Name of the root span.
+    pub root_name: String,
+    /// Earliest span start, ns.
+    pub start_ns: i64,
+    /// From the earliest start to the latest end, ns.
+    pub duration_ns: i64,
+    /// Spans stored for the trace.
+    pub span_count: usize,
+    /// Services taking part, sorted.
+    pub services: Vec<String>,
+    /// Spans with status error.
+    pub error_count: usize,
+}
+
+/// An operation of a service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Operation {
+    /// The span name.
+    pub name: String,
+    /// The span kind first seen with it (`server`, `client`…).
+    pub kind: String,
+}
+
+/// An edge of the service graph: `parent` called `child`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DependencyEdge {
+    /// The calling service.
+    pub parent: String,
+    /// The called service.
+    pub child: String,
+    /// Child spans whose parent span belongs to `parent`.
+    pub call_count: u64,
+    /// Of those, spans with status error.
+    pub error_count: u64,
+}
+
+/// The service graph over a window.
+#[derive(Clone, Debug, Default)]
+pub struct Dependencies {
+    /// Edges, sorted by parent then child.
+    pub edges: Vec<DependencyEdge>,
+    /// Whether [`MAX_DEPENDENCY_SPANS`] cut the window short.
+    pub truncated: bool,
+}
+
+/// What carries a correlation ID.
+#[derive(Clone, Debug, Default)]
+pub struct Correlation {
+    /// Traces with a span carrying the ID (or the trace the ID names), newest first.
+    pub trace_ids: Vec<[u8; 16]>,
+    /// Every span of those traces, by start time.
+    pub spans: Vec<Span>,
+}
+
+fn attribute_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether `span` carries `key` = `value` (span attributes, then resource attributes).
+fn span_has_tag(span: &Span, key: &str, value: &str) -> bool {
+    if key == "error" {
+        let is_error = span.status == StatusCode::Error;
+        if value.eq_ignore_ascii_case("true") && is_error {
+            return true;
+        }
+        if value.eq_ignore_ascii_case("false") && !is_error {
+            return true;
+        }
+    }
+    if (key == "status" || key == "status.code" || key == "otel.status_code")
+        && span.status.as_str().eq_ignore_ascii_case(value)
+    {
+        return true;
+    }
+    if key == "span.kind" && span.kind.as_str().eq_ignore_ascii_case(value) {
+        return true;
+    }
+    [&span.attributes, &span.resource].iter().any(|attributes| {
+        attributes
+            .get(key)
+            .is_some_and(|found| attribute_text(found) == value)
+    })
+}
+
+impl TraceQuery {
+    fn matches(&self, span: &Span) -> bool {
+        if self
+            .service
+            .as_ref()
+            .is_some_and(|service| *service != span.service)
+        {
+            return false;
+        }
+        if self
+            .operation
+            .as_ref()
+            .is_some_and(|operation| *operation != span.name)
+        {
+            return false;
+        }
+        if self
+            .min_duration_ns
+            .is_some_and(|min| span.duration_ns < min)
+        {
+            return false;
+        }
+        if self
+            .max_duration_ns
+            .is_some_and(|max| span.duration_ns > max)
+        {
+            return false;
+        }
+        if span.start_unix_nano < self.start_ns || span.start_unix_nano > self.end_ns {
+            return false;
+        }
+        self.tags
+            .iter()
+            .all(|(key, value)| span_has_tag(span, key, value))
+    }
+}
+
+/// Summarises a trace's spans (`spans` not empty).
+pub fn summarize(trace_id: [u8; 16], spans: &[Span]) -> TraceSummary {
+    let span_ids: HashSet<[u8; 8]> = spans.iter().map(|span| span.span_id).collect();
+    let root = spans
+        .iter()
+        .filter(|span| {
+            span.parent_span_id
+                .is_none_or(|parent| !span_ids.contains(&parent))
+        })
+        .min_by_key(|span| span.start_unix_nano)
+        .or_else(|| spans.iter().min_by_key(|span| span.start_unix_nano));
+    let start_ns = spans
+        .iter()
+        .map(|span| span.start_unix_nano)
+        .min()
+        .unwrap_or(0);
+    let end_ns = spans
+        .iter()
+        .map(|span| span.start_unix_nano.saturating_add(span.duration_ns))
+        .max()
+        .unwrap_or(start_ns);
+    let services: BTreeSet<&str> = spans.iter().map(|span| span.service.as_str()).collect();
+    TraceSummary {
+        trace_id,
+        root_service: root.map(|span| span.service.clone()).unwrap_or_default(),
+        root_name: root.map(|span| span.name.clone()).unwrap_or_default(),
+        start_ns,
+        duration_ns: end_ns.saturating_sub(start_ns),
+        span_count: spans.len(),
+        services: services.into_iter().map(str::to_string).collect(),
+        error_count: spans
+            .iter()
+            .filter(|span| span.status == StatusCode::Error)
+            .count(),
+    }
+}
+
+impl SpanStore {
+    /// Returns every span of a trace by start time (a span written twice, as a retried export
+    /// does, once); empty when the trace is unknown.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a partition cannot be read.
+    pub fn trace(&self, trace_id: &[u8; 16]) -> Result<Vec<Span>, StoreError> {
+        let mut spans = Vec::new();
+        for partition in self.partitions_newest_first() {
+            partition.read(|connection| {
+                spans.extend(read_trace(connection, trace_id)?);
+                Ok(())
+            })?;
+        }
+        let mut seen = HashSet::new();
+        spans.retain(|span| seen.insert(span.span_id));
+        spans.sort_by_key(|span| (span.start_unix_nano, span.span_id));
+        Ok(spans)
+    }
+
+    /// Returns the names of all services, sorted.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a partition cannot be read.
+    pub fn services(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = BTreeSet::new();
+        for partition in self.partitions_newest_first() {
+            partition.read(|connection| {
+                let mut statement = connection.prepare_cached("SELECT name FROM services")?;
+                let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+                for row in rows {
+                    names.insert(row?);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Returns the operations of a service, sorted by name.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a partition cannot be read.
+    pub fn operations(&self, service: &str) -> Result<Vec<Operation>, StoreError> {
+        let mut operations: BTreeMap<String, String> = BTreeMap::new();
+        for partition in self.partitions_newest_first() {
+            partition.read(|connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT operations.name, operations.kind FROM operations \
+                     JOIN services ON services.id = operations.service_id WHERE services.name = ?1",
+                )?;
+                let rows = statement.query_map([service], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })?;
+                for row in rows {
+                    let (name, kind) = row?;
+                    operations.entry(name).or_insert(kind);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(operations
+            .into_iter()
+            .map(|(name, kind)| Operation { name, kind })
+            .collect())
+    }
+
+    /// Returns the traces with a span carrying the correlation value, newest partition first.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a partition cannot be read.
+    pub fn traces_with_correlation(
+        &self,
+        value: &str,
+        limit: usize,
+    ) -> Result<Vec<[u8; 16]>, StoreError> {
+        let mut found = Vec::new();
+        for partition in self.partitions_newest_first() {
+            if found.len() >= limit {
+                break;
+            }
+            partition.read(|connection| {
+                let mut statement = connection
+                    .prepare_cached("SELECT trace_id FROM correlation WHERE value = ?1 LIMIT ?2")?;
+                let rows = statement
+                    .query_map(params![value, limit as i64], |row| row.get::<_, Vec<u8>>(0))?;
+                for row in rows {
+                    if let Ok(trace_id) = <[u8; 16]>::try_from(row?.as_slice()) {
+                        if !found.contains(&trace_id) {
+                            found.push(trace_id);
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// Returns the traces for a trace ID or correlation ID, with all their spans.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a partition cannot be read.
+    pub fn correlate(&self, id: &str) -> Result<Correlation, StoreError> {
+        let mut correlation = Correlation::default();
+        if let Some(trace_id) = parse_hex_id::<16>(id) {
+            let spans = self.trace(&trace_id)?;
+            if !spans.is_empty() {
+                correlation.trace_ids.push(trace_id);
+                correlation.spans.extend(spans);
+            }
+        }
+        for trace_id in self.traces_with_correlation(id, MAX_CORRELATED_TRACES)? {
+            if correlation.trace_ids.contains(&trace_id) {
+                continue;
+            }
+            correlation.spans.extend(self.trace(&trace_id)?);
+            correlation.trace_ids.push(trace_id);
+        }
+        correlation
+            .spans
+            .sort_by_key(|span| (span.start_unix_nano, span.span_id));
+        Ok(correlation)
+    }
+
+    /// Finds traces with a span matching every condition of `query`, newest matching span
+    /// first, and summarises them.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a partition cannot be read.
+    pub fn search(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
+        let mut summaries = Vec::new();
+        for trace_id in self.find_trace_ids(query)? {
+            let spans = self.trace(&trace_id)?;
+            if !spans.is_empty() {
+                summaries.push(summarize(trace_id, &spans));
+            }
+        }
+        Ok(summaries)
+    }
+
+    /// Finds the IDs of traces with a span matching `query`, newest matching span first.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a partition cannot be read.
+    pub fn find_trace_ids(&self, query: &TraceQuery) -> Result<Vec<[u8; 16]>, StoreError> {
+        let limit = query.limit.max(1);
+        // A tag naming a correlation attribute goes through the correlation index.
+        let correlation_tag = query.tags.iter().find(|(key, _)| {
+            self.options()
+                .correlation_attributes
+                .iter()
+                .any(|attribute| attribute == key)
+        });
+        let mut hits: Vec<(i64, [u8; 16])> = Vec::new();
+        if let Some((_, value)) = correlation_tag {
+            for trace_id in self.traces_with_correlation(value, MAX_CORRELATED_TRACES)? {
+                let spans = self.trace(&trace_id)?;
+                if let Some(latest) = spans
+                    .iter()
+                    .filter(|span| query.matches(span))
+                    .map(|span| span.start_unix_nano)
+                    .max()
+                {
+                    hits.push((latest, trace_id));
+                }
+            }
+        } else {
+            for partition in self.partitions_newest_first() {
+                if !partition.overlaps(query.start_ns, query.end_ns) {
+                    continue;
+                }
+                partition.read(|connection| {
+                    hits.extend(search_partition(connection, query, limit)?);
+                    Ok(())
+                })?;
+            }
+        }
+        hits.sort_by_key(|hit| std::cmp::Reverse(hit.0));
+        let mut seen = HashSet::new();
+        let mut trace_ids = Vec::new();
+        for (_, trace_id) in hits {
+            if seen.insert(trace_id) {
+                trace_ids.push(trace_id);
+                if trace_ids.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(trace_ids)
+    }
+
+    /// Returns the service graph from spans starting in `[start_ns, end_ns]`: an edge per
+    /// pair of services where a span of one is the parent of a span of the other.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a partition cannot be read.
+    pub fn dependencies(&self, start_ns: i64, end_ns: i64) -> Result<Dependencies, StoreError> {
+        let mut service_names: Vec<String> = Vec::new();
+        let mut service_index: HashMap<String, usize> = HashMap::new();
+        let mut owner: HashMap<([u8; 16], [u8; 8]), usize> = HashMap::new();
+        // (trace, parent span, child service, child is error)
+        let mut children: Vec<([u8; 16], [u8; 8], usize, bool)> = Vec::new();
+        let mut read = 0usize;
+        let mut truncated = false;
+        for partition in self.partitions_newest_first() {
+            if truncated || !partition.overlaps(start_ns, end_ns) {
+                continue;
+            }
+            partition.read(|connection| {
+                let mut services = Vec::new();
+                {
+                    let mut statement =
+                        connection.prepare_cached("SELECT id, name FROM services")?;
+                    let rows = statement
+                        .query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?;
+                    for row in rows {
+                        services.push(row?);
+                    }
+                }
+                for (service_id, name) in services {
+                    let next_index = service_names.len();
+                    let index = *service_index.entry(name.clone()).or_insert(next_index);
+                    if index == next_index {
+                        service_names.push(name);
+                    }
+                    let mut statement = connection.prepare_cached(
+                        "SELECT trace_id, span_id, parent_span_id, error FROM spans_by_service \
+                         WHERE service_id = ?1 AND start_ns BETWEEN ?2 AND ?3 ORDER BY start_ns DESC",
+                    )?;
+                    let mut rows = statement.query(params![service_id, start_ns, end_ns])?;
+                    while let Some(row) = rows.next()? {
+                        read += 1;
+                        if read > MAX_DEPENDENCY_SPANS {
+                            truncated = true;
+                            break;
+                        }
+                        let trace: Vec<u8> = row.get(0)?;
+                        let span: Vec<u8> = row.get(1)?;
+                        let parent: Option<Vec<u8>> = row.get(2)?;
+                        let error: bool = row.get::<_, i64>(3)? != 0;
+                        let (Ok(trace), Ok(span)) = (
+                            <[u8; 16]>::try_from(trace.as_slice()),
+                            <[u8; 8]>::try_from(span.as_slice()),
+                        ) else {
+                            continue;
+                        };
+                        owner.insert((trace, span), index);
+                        if let Some(Ok(parent)) =
+                            parent.map(|parent| <[u8; 8]>::try_from(parent.as_slice()))
+                        {
+                            children.push((trace, parent, index, error));
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        let mut counts: BTreeMap<(usize, usize), (u64, u64)> = BTreeMap::new();
+        for (trace, parent, child_service, error) in children {
+            let Some(parent_service) = owner.get(&(trace, parent)) else {
+                continue;
+            };
+            if *parent_service == child_service {
+                continue;
+            }
+            let entry = counts.entry((*parent_service, child_service)).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(error);
+        }
+        let mut edges: Vec<DependencyEdge> = counts
+            .into_iter()
+            .map(|((parent, child), (calls, errors))| DependencyEdge {
+                parent: service_names[parent].clone(),
+                child: service_names[child].clone(),
+                call_count: calls,
+                error_count: errors,
+            })
+            .collect();
+        edges.sort_by(|left, right| {
+            (left.parent.as_str(), left.child.as_str())
+                .cmp(&(right.parent.as_str(), right.child.as_str()))
+        });
+        Ok(Dependencies { edges, truncated })
+    }
+}
+
+/// Where a partition search reads: a service's rows or an operation's rows.
+enum IndexRange {
+    Service(i64),
+    Operation(i64),
+}
+
+/// Finds up to `limit` traces per index range in one partition: (start of the matching span,
+/// trace), newest first.
+fn search_partition(
+    connection: &rusqlite::Connection,
+    query: &TraceQuery,
+    limit: usize,
+) -> Result<Vec<(i64, [u8; 16])>, StoreError> {
+    let mut ranges = Vec::new();
+    match (&query.service, &query.operation) {
+        (service, Some(operation)) => {
+            let mut statement = connection.prepare_cached(
+                "SELECT operations.id FROM operations JOIN services ON services.id = operations.service_id \
+                 WHERE operations.name = ?1 AND (?2 IS NULL OR services.name = ?2)",
+            )?;
+            let rows =
+                statement.query_map(params![operation, service], |row| row.get::<_, i64>(0))?;
+            for row in rows {
+                ranges.push(IndexRange::Operation(row?));
+            }
+        }
+        (Some(service), None) => {
+            let mut statement =
+                connection.prepare_cached("SELECT id FROM services WHERE name = ?1")?;
+            let rows = statement.query_map([service], |row| row.get::<_, i64>(0))?;
+            for row in rows {
+                ranges.push(IndexRange::Service(row?));
+            }
+        }
+        (None, None) => {
+            let mut statement = connection.prepare_cached("SELECT id FROM services")?;
+            let rows = statement.query_map([], |row| row.get::<_, i64>(0))?;
+            for row in rows {
+                ranges.push(IndexRange::Service(row?));
+            }
+        }
+    }
+    let min_duration = query.min_duration_ns.unwrap_or(i64::MIN);
+    let max_duration = query.max_duration_ns.unwrap_or(i64::MAX);
+    let mut hits = Vec::new();
+    let mut examined = 0usize;
+    let mut chunk_cache: HashMap<i64, Vec<Span>> = HashMap::new();
+    for range in ranges {
+        let (sql, id) = match range {
+            IndexRange::Service(id) => (
+                "SELECT start_ns, span_no, trace_id FROM spans_by_service \
+                 WHERE service_id = ?1 AND start_ns BETWEEN ?2 AND ?3 \
+                 AND duration_ns BETWEEN ?4 AND ?5 ORDER BY start_ns DESC",
+                id,
+            ),
+            IndexRange::Operation(id) => (
+                "SELECT start_ns, span_no, trace_id FROM spans_by_operation \
+                 WHERE operation_id = ?1 AND start_ns BETWEEN ?2 AND ?3 \
+                 AND duration_ns BETWEEN ?4 AND ?5 ORDER BY start_ns DESC",
+                id,
+            ),
+        };
+        let mut statement = connection.prepare_cached(sql)?;
+        let mut rows = statement.query(params![
+            id,
+            query.start_ns,
+            query.end_ns,
+            min_duration,
+            max_duration
+        ])?;
+        let mut found: HashSet<[u8; 16]> = HashSet::new();
+        while let Some(row) = rows.next()? {
+            examined += 1;
+            if examined > MAX_SEARCH_ROWS {
+                tracing::debug!("trace search stopped after {MAX_SEARCH_ROWS} index rows");
+                return Ok(hits);
+            }
+            let start_ns: i64 = row.get(0)?;
+            let span_no: i64 = row.get(1)?;
+            let trace: Vec<u8> = row.get(2)?;
+            let Ok(trace_id) = <[u8; 16]>::try_from(trace.as_slice()) else {
+                continue;
+            };
+            if found.contains(&trace_id) {
+                continue;
+            }
+            if !query.tags.is_empty() {
+                let (chunk_id, position) = split_span_no(span_no);
+                if !chunk_cache.contains_key(&chunk_id) {
+                    if chunk_cache.len() > 4_096 {
+                        chunk_cache.clear();
+                    }
+                    chunk_cache.insert(chunk_id, read_chunk(connection, chunk_id)?);
+                }
+                let matched = chunk_cache
+                    .get(&chunk_id)
+                    .and_then(|spans| spans.get(position))
+                    .is_some_and(|span| query.matches(span));
+                if !matched {
+                    continue;
+                }
+            }
+            found.insert(trace_id);
+            hits.push((start_ns, trace_id));
+            if found.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(hits)
+}

@@ -1,0 +1,771 @@
+//! The span store: time-partitioned SQLite files under `<data_dir>/traces/`.
+//!
+//! Each partition (`spans-<created ms>.db`) holds the spans written while it was the newest
+//! ("head") partition. Writes go only to the head, one transaction per [`SpanSink::write`]
+//! call, so a write never touches more than one file and retention drops whole files without
+//! touching the write path. A new head starts every `partition_duration` (and early when the
+//! head grows past a share of `retention_size`).
+//!
+//! Tables of a partition (see docs/TRACES.md for why):
+//! - `chunks(id, trace_id, body)`: the spans of one trace written by one call, postcard
+//!   encoded ([`crate::codec`]), appended in rowid order; indexed by `trace_id` (one index entry
+//!   per trace per call, not per span).
+//! - `spans_by_service(service_id, start_ns, span_no, ...)` and
+//!   `spans_by_operation(operation_id, start_ns, span_no, ...)`: clustered (WITHOUT ROWID)
+//!   per-span rows carrying duration, error flag, trace, span and parent IDs, so service/time
+//!   searches, duration filters and the dependency graph read the index alone; their keys grow
+//!   with time per service, so inserts land at the right edge of the B-tree.
+//! - `correlation(value, trace_id)`: one row per trace and correlation value (request ID…),
+//!   from the configured span attributes.
+//! - `services`, `operations`: name dictionaries; `meta`: first and last span start.
+//!
+//! Durability: WAL with `synchronous=NORMAL`: a committed write survives a kill of the process
+//! (not a power loss). Checkpoints run on a background thread, not in the write path.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde_json::Value;
+use vigil_model::{Span, SpanSink, SpanSinkError, StatusCode};
+
+use crate::codec::{decode_chunk, encode_chunk, DecodeError};
+
+/// Spans per chunk at most; `span_no` is `chunk_id << SPAN_NO_BITS | index`.
+const SPAN_NO_BITS: u32 = 12;
+const MAX_SPANS_PER_CHUNK: usize = 1 << SPAN_NO_BITS;
+/// Reader connections kept per partition.
+const MAX_IDLE_READERS: usize = 8;
+/// How often the background thread checkpoints the head's WAL.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,
+    trace_id BLOB NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_trace ON chunks(trace_id);
+CREATE TABLE IF NOT EXISTS services (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS operations (
+    id INTEGER PRIMARY KEY,
+    service_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    UNIQUE (service_id, name)
+);
+CREATE TABLE IF NOT EXISTS spans_by_service (
+    service_id INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL,
+    span_no INTEGER NOT NULL,
+    operation_id INTEGER NOT NULL,
+    duration_ns INTEGER NOT NULL,
+    error INTEGER NOT NULL,
+    trace_id BLOB NOT NULL,
+    span_id BLOB NOT NULL,
+    parent_span_id BLOB,
+    PRIMARY KEY (service_id, start_ns, span_no)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spans_by_operation (
+    operation_id INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL,
+    span_no INTEGER NOT NULL,
+    duration_ns INTEGER NOT NULL,
+    trace_id BLOB NOT NULL,
+    PRIMARY KEY (operation_id, start_ns, span_no)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS correlation (
+    value TEXT NOT NULL,
+    trace_id BLOB NOT NULL,
+    PRIMARY KEY (value, trace_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Options of a [`SpanStore`].
+#[derive(Clone, Debug)]
+pub struct SpanStoreOptions {
+    /// Partitions whose newest span was written longer ago than this are dropped.
+    pub retention: Duration,
+    /// Total bytes on disk above which the oldest partitions are dropped; 0 = no limit.
+    pub retention_size: u64,
+    /// Span attributes whose values are correlation IDs.
+    pub correlation_attributes: Vec<String>,
+    /// A new partition starts after this long.
+    pub partition_duration: Duration,
+    /// SQLite page cache of the writer, KiB.
+    pub cache_kib: i64,
+}
+
+impl Default for SpanStoreOptions {
+    fn default() -> Self {
+        SpanStoreOptions {
+            retention: Duration::from_secs(7 * 86_400),
+            retention_size: 0,
+            correlation_attributes: vec![
+                "correlation_id".to_string(),
+                "request_id".to_string(),
+                "uuid".to_string(),
+            ],
+            partition_duration: Duration::from_secs(86_400),
+            cache_kib: 65_536,
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or directory could not be created, read or removed.
+    #[error("span store I/O on `{path}`: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("span store SQLite error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A partition file could not be opened.
+    #[error("failed to open span partition `{path}`: {source}")]
+    Open {
+        /// The partition file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// A stored chunk did not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A chunk did not encode.
+    #[error("span chunk does not encode: {0}")]
+    Encode(#[from] postcard::Error),
+}
+
+/// One partition file.
+pub(crate) struct Partition {
+    /// Creation time, ms since the epoch; also the name of the file.
+    pub(crate) created_ms: i64,
+    path: PathBuf,
+    /// Earliest and latest span start stored, ns (`i64::MAX`/`i64::MIN` when empty).
+    min_start_ns: AtomicI64,
+    max_start_ns: AtomicI64,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Partition {
+    /// Whether spans starting in `[start_ns, end_ns]` may be here.
+    pub(crate) fn overlaps(&self, start_ns: i64, end_ns: i64) -> bool {
+        let min = self.min_start_ns.load(Ordering::Relaxed);
+        let max = self.max_start_ns.load(Ordering::Relaxed);
+        min <= end_ns && max >= start_ns
+    }
+
+    /// Runs `work` on a pooled read connection.
+    pub(crate) fn read<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => open_reader(&self.path)?,
+        };
+        let outcome = work(&connection);
+        let mut readers = self.readers.lock();
+        if readers.len() < MAX_IDLE_READERS {
+            readers.push(connection);
+        }
+        outcome
+    }
+
+    fn files(&self) -> [PathBuf; 3] {
+        let text = self.path.as_os_str().to_owned();
+        let mut wal = text.clone();
+        wal.push("-wal");
+        let mut shm = text;
+        shm.push("-shm");
+        [self.path.clone(), PathBuf::from(wal), PathBuf::from(shm)]
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.files()
+            .iter()
+            .filter_map(|path| std::fs::metadata(path).ok())
+            .map(|metadata| metadata.len())
+            .sum()
+    }
+}
+
+/// The writer of the head partition, with its name dictionaries.
+struct Writer {
+    partition: Arc<Partition>,
+    connection: Connection,
+    services: HashMap<String, i64>,
+    /// Operation IDs by service ID and name.
+    operations: HashMap<i64, HashMap<String, i64>>,
+}
+
+/// The span store. Implements [`SpanSink`]; queries are in [`crate::query`].
+pub struct SpanStore {
+    directory: PathBuf,
+    options: SpanStoreOptions,
+    /// Oldest first; the last is the head.
+    partitions: RwLock<Vec<Arc<Partition>>>,
+    writer: Mutex<Writer>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for SpanStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SpanStore")
+            .field("directory", &self.directory)
+            .finish_non_exhaustive()
+    }
+}
+
+fn configure(connection: &Connection, cache_kib: i64) -> rusqlite::Result<()> {
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "cache_size", -cache_kib)?;
+    connection.pragma_update(None, "temp_store", "MEMORY")?;
+    connection.pragma_update(None, "mmap_size", 1_i64 << 30)?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    Ok(())
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let open = || -> rusqlite::Result<Connection> {
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        connection.pragma_update(None, "query_only", true)?;
+        connection.pragma_update(None, "cache_size", -8_192)?;
+        connection.pragma_update(None, "mmap_size", 1_i64 << 30)?;
+        Ok(connection)
+    };
+    open().map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn open_writer(path: &Path, cache_kib: i64) -> Result<Connection, StoreError> {
+    let open = || -> rusqlite::Result<Connection> {
+        let connection = Connection::open(path)?;
+        configure(&connection, cache_kib)?;
+        // Checkpoints run on the background thread.
+        connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        connection.execute_batch(SCHEMA)?;
+        Ok(connection)
+    };
+    open().map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read_meta(connection: &Connection) -> rusqlite::Result<(i64, i64)> {
+    let get = |key: &str, default: i64| -> rusqlite::Result<i64> {
+        Ok(connection
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()?
+            .unwrap_or(default))
+    };
+    Ok((
+        get("min_start_ns", i64::MAX)?,
+        get("max_start_ns", i64::MIN)?,
+    ))
+}
+
+fn partition_path(directory: &Path, created_ms: i64) -> PathBuf {
+    directory.join(format!("spans-{created_ms:013}.db"))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl SpanStore {
+    /// Opens (or creates) the store in `directory`: every partition file found there, the
+    /// newest as head (SQLite recovers each file's WAL). Starts the checkpoint thread.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the directory or a partition cannot be opened.
+    pub fn open(directory: &Path, options: SpanStoreOptions) -> Result<Arc<SpanStore>, StoreError> {
+        std::fs::create_dir_all(directory).map_err(|source| StoreError::Io {
+            path: directory.to_path_buf(),
+            source,
+        })?;
+        let listing = std::fs::read_dir(directory).map_err(|source| StoreError::Io {
+            path: directory.to_path_buf(),
+            source,
+        })?;
+        let mut created: Vec<i64> = Vec::new();
+        for entry in listing.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(stem) = name
+                .strip_prefix("spans-")
+                .and_then(|rest| rest.strip_suffix(".db"))
+            else {
+                continue;
+            };
+            if let Ok(created_ms) = stem.parse::<i64>() {
+                created.push(created_ms);
+            }
+        }
+        created.sort_unstable();
+        if created.is_empty() {
+            created.push(now_ms());
+        }
+        let mut partitions = Vec::with_capacity(created.len());
+        for created_ms in &created {
+            let path = partition_path(directory, *created_ms);
+            // Opening read-write once recovers the WAL and creates the schema if needed.
+            let connection = open_writer(&path, 2_048)?;
+            let (min_start_ns, max_start_ns) = read_meta(&connection)?;
+            drop(connection);
+            partitions.push(Arc::new(Partition {
+                created_ms: *created_ms,
+                path,
+                min_start_ns: AtomicI64::new(min_start_ns),
+                max_start_ns: AtomicI64::new(max_start_ns),
+                readers: Mutex::new(Vec::new()),
+            }));
+        }
+        let head = partitions.last().cloned().ok_or_else(|| StoreError::Io {
+            path: directory.to_path_buf(),
+            source: std::io::Error::other("no partition"),
+        })?;
+        let writer = Writer::open(head, options.cache_kib)?;
+        let store = Arc::new(SpanStore {
+            directory: directory.to_path_buf(),
+            options,
+            partitions: RwLock::new(partitions),
+            writer: Mutex::new(writer),
+            stopping: Arc::new(AtomicBool::new(false)),
+        });
+        spawn_checkpointer(Arc::downgrade(&store), store.stopping.clone());
+        Ok(store)
+    }
+
+    /// Returns the options the store was opened with.
+    pub fn options(&self) -> &SpanStoreOptions {
+        &self.options
+    }
+
+    /// Returns the partitions, newest first.
+    pub(crate) fn partitions_newest_first(&self) -> Vec<Arc<Partition>> {
+        let mut partitions = self.partitions.read().clone();
+        partitions.reverse();
+        partitions
+    }
+
+    /// Writes a batch in one transaction of the head partition.
+    ///
+    /// # Errors
+    /// [`StoreError`] when nothing of the batch was written.
+    pub fn write_spans(&self, spans: &[Span]) -> Result<(), StoreError> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        let mut writer = self.writer.lock();
+        let head_age_ms = now_ms().saturating_sub(writer.partition.created_ms);
+        if head_age_ms
+            >= i64::try_from(self.options.partition_duration.as_millis()).unwrap_or(i64::MAX)
+        {
+            self.roll(&mut writer)?;
+        }
+        let outcome = writer.write(spans, &self.options.correlation_attributes);
+        if outcome.is_err() {
+            // Names written in the failed transaction are gone: reload the dictionaries.
+            if let Err(error) = writer.load_names() {
+                tracing::warn!(%error, "reloading span store names failed");
+            }
+        }
+        outcome
+    }
+
+    /// Starts a new head partition. Called with the writer lock held.
+    fn roll(&self, writer: &mut Writer) -> Result<(), StoreError> {
+        let mut created_ms = now_ms().max(writer.partition.created_ms + 1);
+        while partition_path(&self.directory, created_ms).exists() {
+            created_ms += 1;
+        }
+        let partition = Arc::new(Partition {
+            created_ms,
+            path: partition_path(&self.directory, created_ms),
+            min_start_ns: AtomicI64::new(i64::MAX),
+            max_start_ns: AtomicI64::new(i64::MIN),
+            readers: Mutex::new(Vec::new()),
+        });
+        let new_writer = Writer::open(partition.clone(), self.options.cache_kib)?;
+        let old_writer = std::mem::replace(writer, new_writer);
+        self.partitions.write().push(partition);
+        // Closing checkpoints the old head's WAL into its file.
+        drop(old_writer);
+        tracing::info!(created_ms, "started a new span partition");
+        Ok(())
+    }
+
+    /// Checkpoints the head's WAL (passive: never waits for readers or the writer).
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let head = match self.partitions.read().last() {
+            Some(head) => head.clone(),
+            None => return Ok(()),
+        };
+        head.read(|connection| {
+            connection.pragma_update(None, "query_only", false)?;
+            let outcome = connection
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(StoreError::from);
+            connection.pragma_update(None, "query_only", true)?;
+            outcome
+        })
+    }
+
+    /// Returns the number of partitions and the bytes they take on disk.
+    pub fn disk_usage(&self) -> (usize, u64) {
+        let partitions = self.partitions.read();
+        let bytes = partitions
+            .iter()
+            .map(|partition| partition.disk_bytes())
+            .sum();
+        (partitions.len(), bytes)
+    }
+
+    /// Drops partitions past `retention` (by the time the next partition started, so every
+    /// span in them was written before the cutoff) and, while the store is over
+    /// `retention_size`, the oldest ones. The head is never dropped: when it alone is over the
+    /// size limit a new head starts so the next run can drop it. Returns the partitions dropped.
+    ///
+    /// # Errors
+    /// [`StoreError`] when a new head cannot be created; files that cannot be removed are
+    /// logged and skipped.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let retention_ms = i64::try_from(self.options.retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff_ms = now_ms.saturating_sub(retention_ms);
+        let mut dropped = Vec::new();
+        {
+            let mut partitions = self.partitions.write();
+            while partitions.len() > 1 && partitions[1].created_ms <= cutoff_ms {
+                dropped.push(partitions.remove(0));
+            }
+            if self.options.retention_size > 0 {
+                let mut total: u64 = partitions
+                    .iter()
+                    .map(|partition| partition.disk_bytes())
+                    .sum();
+                while partitions.len() > 1 && total > self.options.retention_size {
+                    let oldest = partitions.remove(0);
+                    total = total.saturating_sub(oldest.disk_bytes());
+                    dropped.push(oldest);
+                }
+            }
+        }
+        let count = dropped.len();
+        for partition in dropped {
+            let files = partition.files();
+            drop(partition);
+            for path in files {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        tracing::warn!(%error, path = %path.display(), "removing a span partition failed")
+                    }
+                }
+            }
+        }
+        if self.options.retention_size > 0 {
+            // A head over an eighth of the size limit is cut, so the limit is kept to within
+            // about one partition.
+            let mut writer = self.writer.lock();
+            if writer.partition.disk_bytes() > self.options.retention_size / 8 {
+                self.roll(&mut writer)?;
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl Drop for SpanStore {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+fn spawn_checkpointer(store: Weak<SpanStore>, stopping: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("span-checkpoint".to_string())
+        .spawn(move || loop {
+            std::thread::sleep(CHECKPOINT_INTERVAL);
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let Some(store) = store.upgrade() else { return };
+            if let Err(error) = store.checkpoint() {
+                tracing::warn!(%error, "span store checkpoint failed");
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "could not start the span checkpoint thread; WAL grows until restart");
+    }
+}
+
+impl Writer {
+    fn open(partition: Arc<Partition>, cache_kib: i64) -> Result<Writer, StoreError> {
+        let connection = open_writer(&partition.path, cache_kib)?;
+        let mut writer = Writer {
+            partition,
+            connection,
+            services: HashMap::new(),
+            operations: HashMap::new(),
+        };
+        writer.load_names()?;
+        Ok(writer)
+    }
+
+    fn load_names(&mut self) -> Result<(), StoreError> {
+        self.services.clear();
+        self.operations.clear();
+        let mut statement = self.connection.prepare("SELECT id, name FROM services")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (id, name) = row?;
+            self.services.insert(name, id);
+        }
+        let mut statement = self
+            .connection
+            .prepare("SELECT id, service_id, name FROM operations")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, service_id, name) = row?;
+            self.operations
+                .entry(service_id)
+                .or_default()
+                .insert(name, id);
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        spans: &[Span],
+        correlation_attributes: &[String],
+    ) -> Result<(), StoreError> {
+        // Group by trace, keeping the order of first appearance.
+        let mut group_of: HashMap<[u8; 16], usize> = HashMap::new();
+        let mut groups: Vec<Vec<&Span>> = Vec::new();
+        for span in spans {
+            let index = *group_of.entry(span.trace_id).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[index].push(span);
+        }
+        let mut min_start = i64::MAX;
+        let mut max_start = i64::MIN;
+        let transaction = self.connection.unchecked_transaction()?;
+        for group in &groups {
+            let trace_id = group[0].trace_id;
+            for chunk in group.chunks(MAX_SPANS_PER_CHUNK) {
+                let body = encode_chunk(trace_id, chunk)?;
+                transaction
+                    .prepare_cached("INSERT INTO chunks (trace_id, body) VALUES (?1, ?2)")?
+                    .execute(params![&trace_id[..], body])?;
+                let chunk_id = transaction.last_insert_rowid();
+                for (index, span) in chunk.iter().enumerate() {
+                    let span_no = (chunk_id << SPAN_NO_BITS) | index as i64;
+                    let service_id = service_id(&transaction, &mut self.services, &span.service)?;
+                    let operation_id =
+                        operation_id(&transaction, &mut self.operations, service_id, span)?;
+                    let error = i64::from(span.status == StatusCode::Error);
+                    transaction
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO spans_by_service (service_id, start_ns, span_no, \
+                             operation_id, duration_ns, error, trace_id, span_id, parent_span_id) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        )?
+                        .execute(params![
+                            service_id,
+                            span.start_unix_nano,
+                            span_no,
+                            operation_id,
+                            span.duration_ns,
+                            error,
+                            &trace_id[..],
+                            &span.span_id[..],
+                            span.parent_span_id.as_ref().map(|parent| &parent[..]),
+                        ])?;
+                    transaction
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO spans_by_operation (operation_id, start_ns, \
+                             span_no, duration_ns, trace_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![
+                            operation_id,
+                            span.start_unix_nano,
+                            span_no,
+                            span.duration_ns,
+                            &trace_id[..],
+                        ])?;
+                    min_start = min_start.min(span.start_unix_nano);
+                    max_start = max_start.max(span.start_unix_nano);
+                }
+            }
+            let mut values: Vec<String> = Vec::new();
+            for span in group {
+                for attribute in correlation_attributes {
+                    if let Some(value) = span.attributes.get(attribute).and_then(correlation_text) {
+                        if !values.contains(&value) {
+                            values.push(value);
+                        }
+                    }
+                }
+            }
+            for value in values {
+                transaction
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO correlation (value, trace_id) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![value, &trace_id[..]])?;
+            }
+        }
+        let partition = &self.partition;
+        let new_min = partition
+            .min_start_ns
+            .load(Ordering::Relaxed)
+            .min(min_start);
+        let new_max = partition
+            .max_start_ns
+            .load(Ordering::Relaxed)
+            .max(max_start);
+        transaction
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('min_start_ns', ?1), ('max_start_ns', ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![new_min, new_max])?;
+        transaction.commit()?;
+        partition.min_start_ns.store(new_min, Ordering::Relaxed);
+        partition.max_start_ns.store(new_max, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The text of a correlation attribute's value: strings as they are, numbers printed; other
+/// kinds are not correlation IDs.
+pub(crate) fn correlation_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) if !text.is_empty() => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+fn service_id(
+    connection: &Connection,
+    services: &mut HashMap<String, i64>,
+    name: &str,
+) -> Result<i64, StoreError> {
+    if let Some(id) = services.get(name) {
+        return Ok(*id);
+    }
+    connection
+        .prepare_cached("INSERT INTO services (name) VALUES (?1)")?
+        .execute([name])?;
+    let id = connection.last_insert_rowid();
+    services.insert(name.to_string(), id);
+    Ok(id)
+}
+
+fn operation_id(
+    connection: &Connection,
+    operations: &mut HashMap<i64, HashMap<String, i64>>,
+    service_id: i64,
+    span: &Span,
+) -> Result<i64, StoreError> {
+    let of_service = operations.entry(service_id).or_default();
+    if let Some(id) = of_service.get(span.name.as_str()) {
+        return Ok(*id);
+    }
+    connection
+        .prepare_cached("INSERT INTO operations (service_id, name, kind) VALUES (?1, ?2, ?3)")?
+        .execute(params![service_id, span.name, span.kind.as_str()])?;
+    let id = connection.last_insert_rowid();
+    of_service.insert(span.name.clone(), id);
+    Ok(id)
+}
+
+impl SpanSink for SpanStore {
+    fn write(&self, spans: Vec<Span>) -> Result<(), SpanSinkError> {
+        self.write_spans(&spans).map_err(|error| {
+            tracing::warn!(%error, spans = spans.len(), "span store write failed");
+            SpanSinkError::Storage(error.to_string())
+        })
+    }
+}
+
+/// Reads every span of `trace_id` in one partition.
+pub(crate) fn read_trace(
+    connection: &Connection,
+    trace_id: &[u8; 16],
+) -> Result<Vec<Span>, StoreError> {
+    let mut statement = connection.prepare_cached("SELECT body FROM chunks WHERE trace_id = ?1")?;
+    let mut rows = statement.query([&trace_id[..]])?;
+    let mut spans = Vec::new();
+    while let Some(row) = rows.next()? {
+        let body: Vec<u8> = row.get(0)?;
+        spans.extend(decode_chunk(&body)?);
+    }
+    Ok(spans)
+}
+
+/// Reads the span `span_no` (its chunk, decoded).
+pub(crate) fn read_chunk(connection: &Connection, chunk_id: i64) -> Result<Vec<Span>, StoreError> {
+    let body: Option<Vec<u8>> = connection
+        .prepare_cached("SELECT body FROM chunks WHERE id = ?1")?
+        .query_row([chunk_id], |row| row.get(0))
+        .optional()?;
+    match body {
+        Some(body) => Ok(decode_chunk(&body)?),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The chunk and position of a span number.
+pub(crate) fn split_span_no(span_no: i64) -> (i64, usize) {
+    (
+        span_no >> SPAN_NO_BITS,
+        (span_no & ((1 << SPAN_NO_BITS) - 1)) as usize,
+    )
+}
