@@ -7,6 +7,7 @@ mod alerting;
 mod cli;
 mod config;
 mod logs;
+mod otlp;
 mod self_monitoring;
 mod serve;
 mod traces;

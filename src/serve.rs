@@ -127,13 +127,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Traces: the span store and its retention. OTLP ingest writes through `span_sink`.
     let span_store: Arc<vigil_traces::SpanStore> = crate::traces::open_store(&config).await?;
     let span_sink: Arc<dyn vigil_model::SpanSink> = span_store.clone();
-    let _ = &span_sink;
     tasks.spawn(crate::traces::run_maintenance(
         span_store.clone(),
         telemetry.clone(),
         shutdown.clone(),
     ));
     let correlated_logs = Arc::new(crate::traces::LogStoreCorrelation::new(log_store.clone()));
+
+    // OTLP: traces (through span metrics into the span store), logs and metrics.
+    let otlp_sinks = crate::otlp::OtlpSinks {
+        spans: span_sink,
+        logs: log_store.clone(),
+        metrics: ingest_sink.clone(),
+    };
+    if let Some(otlp) =
+        crate::otlp::start(&config, otlp_sinks, telemetry.clone(), shutdown.clone()).await?
+    {
+        tasks.spawn(otlp);
+    }
 
     // HTTP.
     let ingest = IngestState::new(ingest_sink.clone(), telemetry.clone(), 64);

@@ -6,3 +6,4 @@
 pub mod http;
 pub mod scrape;
 pub mod sources;
+pub mod span_metrics;
