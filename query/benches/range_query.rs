@@ -129,6 +129,11 @@ fn main() {
     if !full {
         return;
     }
+    // `VIGIL_BENCH_ONLY=sqlite` skips the baseline, for profiling the store alone.
+    if std::env::var("VIGIL_BENCH_ONLY").is_ok_and(|only| only == "sqlite") {
+        measure("sqlite", store);
+        return;
+    }
     let baseline = measure("in-memory", memory);
     let sqlite = measure("sqlite", store);
     println!(

@@ -174,6 +174,54 @@ fn assign_groups(
     (groups, membership)
 }
 
+/// The largest `groups × steps` table of accumulators [`simple_aggregation`] allocates (72 MiB);
+/// past it the aggregation goes step by step with one accumulator per group.
+const DENSE_ACCUMULATORS: usize = 1 << 20;
+
+impl Accumulator {
+    /// Adds one input value; returns true when it is the first of the slot.
+    #[inline]
+    fn add(&mut self, op: TokenId, value: f64) -> bool {
+        self.count += 1.0;
+        let first = self.count == 1.0;
+        match op {
+            T_SUM => {
+                let (sum, compensation) = kahan_sum_inc(value, self.value, self.compensation);
+                self.value = sum;
+                self.compensation = compensation;
+            }
+            T_AVG => self.average.add(value),
+            T_MIN if first || self.value > value || self.value.is_nan() => self.value = value,
+            T_MAX if first || self.value < value || self.value.is_nan() => self.value = value,
+            T_STDDEV | T_STDVAR => {
+                if first {
+                    self.mean = value;
+                    self.value = 0.0;
+                } else {
+                    let delta = value - self.mean;
+                    self.mean += delta / self.count;
+                    self.value += delta * (value - self.mean);
+                }
+            }
+            _ => {}
+        }
+        first
+    }
+
+    fn result(&self, op: TokenId) -> f64 {
+        match op {
+            T_SUM => self.value + self.compensation,
+            T_AVG => self.average.value(),
+            T_COUNT => self.count,
+            T_GROUP => 1.0,
+            T_MIN | T_MAX => self.value,
+            T_STDVAR => self.value / self.count,
+            T_STDDEV => (self.value / self.count).sqrt(),
+            _ => f64::NAN,
+        }
+    }
+}
+
 fn simple_aggregation(
     op: TokenId,
     input: Vec<Series>,
@@ -181,13 +229,73 @@ fn simple_aggregation(
     range: &StepRange,
 ) -> Result<Vec<Series>, QueryError> {
     let (groups, membership) = assign_groups(&input, modifier);
-    // Step by step with one accumulator per group, so memory stays proportional to the
-    // number of groups rather than groups × steps.
-    let mut accumulators = vec![Accumulator::default(); groups.len()];
-    let mut touched: Vec<usize> = Vec::with_capacity(groups.len());
+    let outputs = match groups.len().checked_mul(range.count) {
+        Some(slots) if slots <= DENSE_ACCUMULATORS => {
+            aggregate_series_major(op, &input, &membership, groups.len(), range.count)
+        }
+        _ => aggregate_step_major(op, &input, &membership, groups.len(), range.count),
+    };
+    Ok(groups
+        .into_iter()
+        .zip(outputs)
+        .filter(|(_, points)| !points.is_empty())
+        .map(|((labels, drop_name), points)| Series {
+            labels,
+            drop_name,
+            points,
+        })
+        .collect())
+}
+
+/// Reads each series once, front to back, into a `groups × steps` table of accumulators. Each
+/// accumulator takes its values in input order, as [`aggregate_step_major`] adds them, so both
+/// give the same floats.
+fn aggregate_series_major(
+    op: TokenId,
+    input: &[Series],
+    membership: &[usize],
+    group_count: usize,
+    steps: usize,
+) -> Vec<Vec<Point>> {
+    let mut table = vec![Accumulator::default(); group_count * steps];
+    for (series, &group) in input.iter().zip(membership) {
+        let row = &mut table[group * steps..(group + 1) * steps];
+        for point in &series.points {
+            if let Some(slot) = row.get_mut(point.step as usize) {
+                slot.add(op, point.value);
+            }
+        }
+    }
+    table
+        .chunks(steps.max(1))
+        .take(group_count)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, slot)| slot.count > 0.0)
+                .map(|(step, slot)| Point {
+                    step: step as u32,
+                    value: slot.result(op),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Step by step with one accumulator per group, so memory stays proportional to the number of
+/// groups when `groups × steps` is too large for a table.
+fn aggregate_step_major(
+    op: TokenId,
+    input: &[Series],
+    membership: &[usize],
+    group_count: usize,
+    steps: usize,
+) -> Vec<Vec<Point>> {
+    let mut accumulators = vec![Accumulator::default(); group_count];
+    let mut touched: Vec<usize> = Vec::with_capacity(group_count);
     let mut cursors = vec![0usize; input.len()];
-    let mut outputs: Vec<Vec<Point>> = vec![Vec::new(); groups.len()];
-    for step in 0..range.count {
+    let mut outputs: Vec<Vec<Point>> = vec![Vec::new(); group_count];
+    for step in 0..steps {
         let step = step as u32;
         for (series_index, series) in input.iter().enumerate() {
             let cursor = &mut cursors[series_index];
@@ -199,65 +307,20 @@ fn simple_aggregation(
             }
             *cursor += 1;
             let group = membership[series_index];
-            let slot = &mut accumulators[group];
-            let value = point.value;
-            slot.count += 1.0;
-            let first = slot.count == 1.0;
-            if first {
+            if accumulators[group].add(op, point.value) {
                 touched.push(group);
-            }
-            match op {
-                T_SUM => {
-                    let (sum, compensation) = kahan_sum_inc(value, slot.value, slot.compensation);
-                    slot.value = sum;
-                    slot.compensation = compensation;
-                }
-                T_AVG => slot.average.add(value),
-                T_MIN if first || slot.value > value || slot.value.is_nan() => {
-                    slot.value = value;
-                }
-                T_MAX if first || slot.value < value || slot.value.is_nan() => {
-                    slot.value = value;
-                }
-                T_STDDEV | T_STDVAR => {
-                    if first {
-                        slot.mean = value;
-                        slot.value = 0.0;
-                    } else {
-                        let delta = value - slot.mean;
-                        slot.mean += delta / slot.count;
-                        slot.value += delta * (value - slot.mean);
-                    }
-                }
-                _ => {}
             }
         }
         for &group in &touched {
             let slot = std::mem::take(&mut accumulators[group]);
-            let value = match op {
-                T_SUM => slot.value + slot.compensation,
-                T_AVG => slot.average.value(),
-                T_COUNT => slot.count,
-                T_GROUP => 1.0,
-                T_MIN | T_MAX => slot.value,
-                T_STDVAR => slot.value / slot.count,
-                T_STDDEV => (slot.value / slot.count).sqrt(),
-                _ => f64::NAN,
-            };
-            outputs[group].push(Point { step, value });
+            outputs[group].push(Point {
+                step,
+                value: slot.result(op),
+            });
         }
         touched.clear();
     }
-    Ok(groups
-        .into_iter()
-        .zip(outputs)
-        .filter(|(_, points)| !points.is_empty())
-        .map(|((labels, drop_name), points)| Series {
-            labels,
-            drop_name,
-            points,
-        })
-        .collect())
+    outputs
 }
 
 /// `topk`, `bottomk`, `limitk` and `limit_ratio`: keep some input series per group and step.
@@ -489,5 +552,53 @@ mod tests {
             group_labels(&labels, &modifier),
             Labels::from_pairs([("job", "api")])
         );
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    /// Series whose values make Kahan summation and the running mean order-sensitive.
+    fn awkward_input(series: usize, steps: u32) -> (Vec<Series>, Vec<usize>) {
+        let input = (0..series)
+            .map(|index| Series {
+                labels: Labels::empty(),
+                drop_name: false,
+                points: (0..steps)
+                    .filter(|step| !(step + index as u32).is_multiple_of(3))
+                    .map(|step| Point {
+                        step,
+                        value: match (index + step as usize) % 4 {
+                            0 => 1e16,
+                            1 => 1.0,
+                            2 => -1e16,
+                            _ => 0.1 * index as f64,
+                        },
+                    })
+                    .collect(),
+            })
+            .collect();
+        let membership = (0..series).map(|index| index % 3).collect();
+        (input, membership)
+    }
+
+    #[test]
+    fn series_major_and_step_major_give_the_same_floats() {
+        let (input, membership) = awkward_input(10, 40);
+        for op in [
+            T_SUM, T_AVG, T_COUNT, T_MIN, T_MAX, T_GROUP, T_STDDEV, T_STDVAR,
+        ] {
+            let dense = aggregate_series_major(op, &input, &membership, 3, 40);
+            let stepwise = aggregate_step_major(op, &input, &membership, 3, 40);
+            let bits = |outputs: &Vec<Vec<Point>>| -> Vec<Vec<(u32, u64)>> {
+                outputs
+                    .iter()
+                    .map(|points| points.iter().map(|p| (p.step, p.value.to_bits())).collect())
+                    .collect()
+            };
+            assert_eq!(bits(&dense), bits(&stepwise), "op {op}");
+            assert!(dense.iter().all(|points| !points.is_empty()));
+        }
     }
 }

@@ -87,9 +87,15 @@ pub(crate) fn try_eval(
                 return;
             }
             // Only buckets with samples; a bucket of nothing but a staleness marker holds none.
-            present.clear();
-            present.extend(buckets.iter().filter(|bucket| bucket.count > 0));
-            let points = evaluate_series(function, &present, &window_ends, range_ms);
+            // Most series have no such bucket, and then need no copy.
+            let buckets = if buckets.iter().all(|bucket| bucket.count > 0) {
+                buckets
+            } else {
+                present.clear();
+                present.extend(buckets.iter().filter(|bucket| bucket.count > 0));
+                &present
+            };
+            let points = evaluate_series(function, buckets, &window_ends, range_ms);
             if !points.is_empty() {
                 output.push(Series {
                     labels: labels.clone(),
@@ -122,7 +128,7 @@ fn evaluate_series(
     window_ends: &[i64],
     range_ms: i64,
 ) -> Vec<Point> {
-    let mut points = Vec::new();
+    let mut points = Vec::with_capacity(window_ends.len());
     let (mut low, mut high) = (0usize, 0usize);
     for (step, &end) in window_ends.iter().enumerate() {
         if step > 0 && end < window_ends[step - 1] {
