@@ -132,6 +132,9 @@ pub struct LogsConfig {
     /// How long log lines are kept.
     #[serde(with = "units::duration")]
     pub retention: Duration,
+    /// The oldest partitions are deleted while all use more than this (`5GiB`); 0 = no limit.
+    #[serde(with = "units::size")]
+    pub retention_size: u64,
     /// Fields whose value is a correlation ID.
     pub correlation_fields: Vec<String>,
 }
@@ -141,6 +144,7 @@ impl Default for LogsConfig {
         LogsConfig {
             forward_listen: "127.0.0.1:24224".to_string(),
             retention: Duration::from_secs(7 * 86_400),
+            retention_size: 0,
             correlation_fields: vec![
                 "correlation_id".to_string(),
                 "request_id".to_string(),
@@ -673,6 +677,9 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.logs.retention, Duration::from_secs(3 * 86_400));
         assert_eq!(config.storage.limits.log_line_bytes, 64 << 10);
+        assert_eq!(config.logs.retention_size, 0);
+        let config = Config::parse("logs:\n  retention_size: 5GiB\n", no_env()).unwrap();
+        assert_eq!(config.logs.retention_size, 5 << 30);
         let config = Config::parse("logs:\n  retention: 0s\n", no_env()).unwrap();
         let error = config.validate().unwrap_err();
         assert!(error.to_string().contains("logs.retention"), "{error}");

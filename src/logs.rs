@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use vigil_collector::http::now_ms;
+use vigil_collector::sources::forward::{DecodeLimits, ForwardOptions};
 use vigil_collector::sources::json_logs::{JsonLogsOptions, LogIngestState, NormalizeOptions};
 use vigil_logs::{LogStore, LogStoreOptions};
 use vigil_model::{
     Labels, MetricBatch, MetricMetadata, MetricSink, MetricType, Sample, SeriesSamples, Telemetry,
 };
 
-use crate::config::Config;
+use crate::config::{listen_address, Config};
 
 /// How often retention runs.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
@@ -31,6 +32,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<LogStore>> {
     let directory = config.server.data_dir.join("logs");
     let options = LogStoreOptions {
         retention: config.logs.retention,
+        retention_size_bytes: config.logs.retention_size,
         ..LogStoreOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || LogStore::open(&directory, options))
@@ -51,6 +53,41 @@ pub fn ingest_state(config: &Config, store: Arc<LogStore>, telemetry: Telemetry)
         ..JsonLogsOptions::default()
     };
     LogIngestState::new(store, telemetry, options)
+}
+
+/// Binds `logs.forward_listen` (TCP, and UDP on the same port for heartbeats) and returns
+/// the listener's task, or `None` when the key is empty.
+///
+/// # Errors
+/// When the address is invalid or in use.
+pub async fn forward_listener(
+    config: &Config,
+    store: Arc<LogStore>,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<impl std::future::Future<Output = ()> + Send + 'static>> {
+    let Some(address) = listen_address("logs.forward_listen", &config.logs.forward_listen)? else {
+        return Ok(None);
+    };
+    let (listener, heartbeat) = vigil_collector::sources::forward::bind(address)
+        .await
+        .with_context(|| format!("failed to bind logs.forward_listen on {address}"))?;
+    tracing::info!(%address, "Fluentd forward protocol listening");
+    let options = ForwardOptions {
+        decode: DecodeLimits {
+            max_entry_bytes: usize::try_from(config.storage.limits.log_line_bytes)
+                .unwrap_or(usize::MAX),
+            normalize: NormalizeOptions {
+                correlation_fields: config.logs.correlation_fields.clone(),
+                ..NormalizeOptions::default()
+            },
+            ..DecodeLimits::default()
+        },
+        ..ForwardOptions::default()
+    };
+    Ok(Some(vigil_collector::sources::forward::run(
+        listener, heartbeat, store, telemetry, options, shutdown,
+    )))
 }
 
 /// Runs commits, retention and record counting until `shutdown`, then commits once more.

@@ -117,6 +117,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Logs: the store replays its write-ahead log before /readyz says ready.
     let log_store = crate::logs::open_store(&config).await?;
     let log_ingest = crate::logs::ingest_state(&config, log_store.clone(), telemetry.clone());
+    if let Some(forward) = crate::logs::forward_listener(
+        &config,
+        log_store.clone(),
+        telemetry.clone(),
+        shutdown.clone(),
+    )
+    .await?
+    {
+        tasks.spawn(forward);
+    }
     let log_maintenance = tokio::spawn(crate::logs::run_maintenance(
         log_store.clone(),
         sink.clone(),

@@ -15,7 +15,8 @@
 //!
 //! On open the WAL is replayed: a record whose sequence number is above the largest one its
 //! partition holds is indexed again, so nothing acknowledged is lost or doubled.
-//! Retention deletes whole partitions whose end is older than `now - retention`.
+//! Retention deletes whole partitions whose end is older than `now - retention`, then the
+//! oldest partitions while all of them together use more than `retention_size_bytes`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,9 @@ pub const MAX_OPEN_WRITERS: usize = 4;
 pub struct LogStoreOptions {
     /// Partitions older than this are deleted (`logs.retention`).
     pub retention: Duration,
+    /// While the partitions together use more bytes than this, the oldest is deleted
+    /// (`logs.retention_size`); 0 means no limit. The newest partition is never deleted.
+    pub retention_size_bytes: u64,
     /// How often written lines are committed and become searchable.
     pub commit_interval: Duration,
     /// Width of a partition in nanoseconds (a whole number of hours).
@@ -56,6 +60,7 @@ impl Default for LogStoreOptions {
     fn default() -> Self {
         LogStoreOptions {
             retention: Duration::from_secs(7 * 86_400),
+            retention_size_bytes: 0,
             commit_interval: Duration::from_millis(500),
             partition_ns: DAY_NS,
             writer_memory_bytes: 32 << 20,
@@ -457,7 +462,9 @@ impl LogStore {
         Ok(committed_count)
     }
 
-    /// Deletes partitions that ended before `now_ns - retention`; returns how many.
+    /// Deletes partitions that ended before `now_ns - retention`, then the oldest partitions
+    /// while the total size exceeds `retention_size_bytes` (never the newest partition, which
+    /// is the one being written); returns how many were deleted.
     ///
     /// # Errors
     /// [`LogStoreError`] when a partition's directory cannot be removed.
@@ -472,26 +479,64 @@ impl LogStore {
             .map(|partition| partition.start_ns)
             .collect();
         let mut deleted = 0;
-        for start_ns in &expired {
-            // Close its writer first: the index lock and files are released. One being
-            // committed is left for the next round.
-            let mut state = self.write_state.lock();
-            if state.committing.contains_key(start_ns) {
-                continue;
-            }
-            if let Some(open) = state.writers.remove(start_ns) {
-                drop(open);
-            }
-            let removed = self.partitions.write().remove(start_ns);
-            drop(state);
-            if let Some(partition) = removed {
+        for start_ns in expired {
+            if self.delete_partition(start_ns, "age")? {
                 deleted += 1;
-                std::fs::remove_dir_all(&partition.path)
-                    .map_err(directory_error(&partition.path))?;
-                tracing::info!(partition = %partition_name(*start_ns), "log retention: partition deleted");
+            }
+        }
+        if self.options.retention_size_bytes > 0 {
+            deleted += self.enforce_retention_size(self.options.retention_size_bytes)?;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes the oldest partitions while all of them use more than `limit_bytes`.
+    fn enforce_retention_size(&self, limit_bytes: u64) -> Result<usize, LogStoreError> {
+        let sizes: Vec<(i64, u64)> = self
+            .partitions
+            .read()
+            .values()
+            .map(|partition| (partition.start_ns, directory_size(&partition.path)))
+            .collect();
+        let mut total: u64 = sizes.iter().map(|(_, bytes)| bytes).sum();
+        let mut deleted = 0;
+        // Oldest first; the newest partition is left out.
+        let deletable = sizes.len().saturating_sub(1);
+        for (start_ns, bytes) in sizes.into_iter().take(deletable) {
+            if total <= limit_bytes {
+                break;
+            }
+            if self.delete_partition(start_ns, "size")? {
+                total = total.saturating_sub(bytes);
+                deleted += 1;
             }
         }
         Ok(deleted)
+    }
+
+    /// Closes the partition's writer and deletes its directory. A partition whose writer is
+    /// being committed is left for the next round (`Ok(false)`).
+    fn delete_partition(&self, start_ns: i64, cause: &'static str) -> Result<bool, LogStoreError> {
+        // Close its writer first: the index lock and files are released.
+        let mut state = self.write_state.lock();
+        if state.committing.contains_key(&start_ns) {
+            return Ok(false);
+        }
+        if let Some(open) = state.writers.remove(&start_ns) {
+            drop(open);
+        }
+        let removed = self.partitions.write().remove(&start_ns);
+        drop(state);
+        let Some(partition) = removed else {
+            return Ok(false);
+        };
+        std::fs::remove_dir_all(&partition.path).map_err(directory_error(&partition.path))?;
+        tracing::info!(
+            partition = %partition_name(start_ns),
+            cause,
+            "log retention: partition deleted"
+        );
+        Ok(true)
     }
 
     /// Returns the partitions overlapping `[start_ns, end_ns]`, oldest first.

@@ -321,6 +321,92 @@ fn retention_drops_whole_old_partitions() {
     assert_eq!(messages(&searcher, "new").len(), 1);
 }
 
+fn partition_bytes(directory: &std::path::Path) -> BTreeMap<String, u64> {
+    let mut sizes = BTreeMap::new();
+    for entry in std::fs::read_dir(directory).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("p-") {
+            continue;
+        }
+        let bytes = std::fs::read_dir(entry.path())
+            .unwrap()
+            .map(|file| file.unwrap().metadata().unwrap().len())
+            .sum();
+        sizes.insert(name, bytes);
+    }
+    sizes
+}
+
+#[test]
+fn retention_by_size_drops_the_oldest_partitions_and_keeps_ingest_going() {
+    let directory = tempfile::tempdir().unwrap();
+    let day = DAY_NS / 1_000_000;
+    {
+        let store = LogStore::open(directory.path(), LogStoreOptions::default()).unwrap();
+        for days_ago in (0..5).rev() {
+            let records = (0..200)
+                .map(|index| {
+                    record(
+                        -days_ago * day + index,
+                        "info",
+                        "a",
+                        &format!("day {days_ago} line {index}"),
+                    )
+                })
+                .collect();
+            store.write_records(records).unwrap();
+            store.commit().unwrap();
+        }
+    }
+    let sizes = partition_bytes(directory.path());
+    assert_eq!(sizes.len(), 5);
+    let newest_two: u64 = sizes.values().rev().take(2).sum();
+    // Room for the two newest partitions and a little, not for three.
+    let options = LogStoreOptions {
+        retention: Duration::from_secs(365 * 86_400),
+        retention_size_bytes: newest_two + 1,
+        ..LogStoreOptions::default()
+    };
+    let store = Arc::new(LogStore::open(directory.path(), options).unwrap());
+    // Ingest goes on while retention runs.
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for batch in 0..20 {
+                store
+                    .write_records(vec![record(1_000 + batch, "info", "b", "during retention")])
+                    .unwrap();
+            }
+        })
+    };
+    let deleted = store.enforce_retention(BASE_NS).unwrap();
+    writer.join().unwrap();
+    store.commit().unwrap();
+    assert_eq!(deleted, 3);
+    let kept: Vec<String> = partition_bytes(directory.path()).into_keys().collect();
+    let expected: Vec<String> = sizes.keys().rev().take(2).rev().cloned().collect();
+    assert_eq!(kept, expected);
+    let searcher = LogSearcher::new(store.clone());
+    let everything = SearchRequest {
+        start_ns: BASE_NS - 10 * DAY_NS,
+        ..request("")
+    };
+    assert_eq!(searcher.search(&everything).unwrap().total, 400 + 20);
+    assert_eq!(messages(&searcher, "\"during retention\"").len(), 20);
+    // A store holding only the partition being written keeps it, whatever its size.
+    let options = LogStoreOptions {
+        retention_size_bytes: 1,
+        ..LogStoreOptions::default()
+    };
+    drop(searcher);
+    drop(store);
+    let store = LogStore::open(directory.path(), options).unwrap();
+    assert_eq!(store.enforce_retention(BASE_NS).unwrap(), 1);
+    assert_eq!(store.disk_usage().0, 1);
+    assert_eq!(store.enforce_retention(BASE_NS).unwrap(), 0);
+}
+
 #[test]
 fn a_backfill_over_many_days_keeps_few_writers_and_loses_nothing() {
     let directory = tempfile::tempdir().unwrap();

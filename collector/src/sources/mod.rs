@@ -1,5 +1,6 @@
 //! One folder per ingest protocol: config, pure decoder, listener.
 
+pub mod forward;
 pub mod import;
 pub mod json_logs;
 pub mod otlp;
