@@ -9,7 +9,7 @@
 
 use vigil_model::{is_stale_marker, Bucket, Sample};
 
-use super::chunk::{read_varint, read_xor_bytes, unzigzag, write_varint, zigzag, ChunkDecodeError};
+use super::chunk::{read_varint, unzigzag, write_varint, zigzag, ChunkDecodeError, FloatColumn};
 
 /// Returns the end of the bucket `(end - resolution, end]` holding `timestamp_ms`.
 pub fn bucket_end(timestamp_ms: i64, resolution_ms: i64) -> i64 {
@@ -158,47 +158,6 @@ pub fn samples_of_buckets(buckets: &[Bucket]) -> Vec<Sample> {
     out
 }
 
-struct FloatColumn {
-    previous_bits: u64,
-}
-
-impl FloatColumn {
-    fn write(&mut self, out: &mut Vec<u8>, value: f64) {
-        let bits = value.to_bits();
-        let xor = bits ^ self.previous_bits;
-        self.previous_bits = bits;
-        if xor == 0 {
-            out.push(0xff);
-            return;
-        }
-        let leading_bytes = (xor.leading_zeros() / 8) as usize;
-        let trailing_bytes = (xor.trailing_zeros() / 8) as usize;
-        out.push(((leading_bytes as u8) << 4) | trailing_bytes as u8);
-        out.extend_from_slice(&xor.to_be_bytes()[leading_bytes..8 - trailing_bytes]);
-    }
-
-    #[inline]
-    fn read(&mut self, blob: &[u8], offset: &mut usize) -> Result<f64, ChunkDecodeError> {
-        let control = *blob
-            .get(*offset)
-            .ok_or(ChunkDecodeError::Truncated { offset: *offset })?;
-        *offset += 1;
-        if control != 0xff {
-            let leading_bytes = usize::from(control >> 4);
-            let trailing_bytes = usize::from(control & 0x0f);
-            if leading_bytes + trailing_bytes > 8 {
-                return Err(ChunkDecodeError::Corrupt {
-                    offset: *offset - 1,
-                });
-            }
-            let width = 8 - leading_bytes - trailing_bytes;
-            self.previous_bits ^= read_xor_bytes(blob, *offset, width, trailing_bytes)?;
-            *offset += width;
-        }
-        Ok(f64::from_bits(self.previous_bits))
-    }
-}
-
 const FLOAT_FIELDS: usize = 7;
 
 fn float_fields(bucket: &Bucket) -> [f64; FLOAT_FIELDS] {
@@ -219,8 +178,7 @@ pub fn encode_buckets(buckets: &[Bucket]) -> Vec<u8> {
     write_varint(&mut out, buckets.len() as u64);
     let mut previous_end: i64 = 0;
     let mut previous_delta: i64 = 0;
-    let mut columns: [FloatColumn; FLOAT_FIELDS] =
-        std::array::from_fn(|_| FloatColumn { previous_bits: 0 });
+    let mut columns: [FloatColumn; FLOAT_FIELDS] = std::array::from_fn(|_| FloatColumn::default());
     for bucket in buckets {
         let delta = bucket.end_ms.wrapping_sub(previous_end);
         write_varint(&mut out, zigzag(delta.wrapping_sub(previous_delta)));
@@ -255,8 +213,7 @@ pub fn decode_buckets(blob: &[u8], out: &mut Vec<Bucket>) -> Result<(), ChunkDec
     out.reserve(count as usize);
     let mut previous_end: i64 = 0;
     let mut previous_delta: i64 = 0;
-    let mut columns: [FloatColumn; FLOAT_FIELDS] =
-        std::array::from_fn(|_| FloatColumn { previous_bits: 0 });
+    let mut columns: [FloatColumn; FLOAT_FIELDS] = std::array::from_fn(|_| FloatColumn::default());
     for _ in 0..count {
         let delta = previous_delta.wrapping_add(unzigzag(read_varint(blob, &mut offset)?));
         previous_delta = delta;

@@ -32,25 +32,14 @@ pub fn encode_chunk(samples: &[Sample]) -> Vec<u8> {
     write_varint(&mut out, samples.len() as u64);
     let mut previous_timestamp: i64 = 0;
     let mut previous_delta: i64 = 0;
-    let mut previous_bits: u64 = 0;
+    let mut values = FloatColumn::default();
     for sample in samples {
         let delta = sample.timestamp_ms.wrapping_sub(previous_timestamp);
         write_varint(&mut out, zigzag(delta.wrapping_sub(previous_delta)));
         previous_delta = delta;
         previous_timestamp = sample.timestamp_ms;
 
-        let bits = sample.value.to_bits();
-        let xor = bits ^ previous_bits;
-        previous_bits = bits;
-        if xor == 0 {
-            out.push(0xff);
-            continue;
-        }
-        let leading_bytes = (xor.leading_zeros() / 8) as usize;
-        let trailing_bytes = (xor.trailing_zeros() / 8) as usize;
-        out.push(((leading_bytes as u8) << 4) | trailing_bytes as u8);
-        let bytes = xor.to_be_bytes();
-        out.extend_from_slice(&bytes[leading_bytes..8 - trailing_bytes]);
+        values.write(&mut out, sample.value);
     }
     out
 }
@@ -68,32 +57,68 @@ pub fn decode_chunk(blob: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkDecod
     out.reserve(count as usize);
     let mut previous_timestamp: i64 = 0;
     let mut previous_delta: i64 = 0;
-    let mut previous_bits: u64 = 0;
+    let mut values = FloatColumn::default();
     for _ in 0..count {
         let delta = previous_delta.wrapping_add(unzigzag(read_varint(blob, &mut offset)?));
         previous_delta = delta;
         previous_timestamp = previous_timestamp.wrapping_add(delta);
 
+        out.push(Sample {
+            timestamp_ms: previous_timestamp,
+            value: values.read(blob, &mut offset)?,
+        });
+    }
+    Ok(())
+}
+
+/// A run of floats, each XORed with the previous one and written as a control byte (the XOR's
+/// leading zero bytes in the high nibble, trailing ones in the low nibble; `0xff` for an
+/// unchanged value) followed by the bytes between them.
+#[derive(Default)]
+pub struct FloatColumn {
+    previous_bits: u64,
+}
+
+impl FloatColumn {
+    /// Appends the next value.
+    pub fn write(&mut self, out: &mut Vec<u8>, value: f64) {
+        let bits = value.to_bits();
+        let xor = bits ^ self.previous_bits;
+        self.previous_bits = bits;
+        if xor == 0 {
+            out.push(0xff);
+            return;
+        }
+        let leading_bytes = (xor.leading_zeros() / 8) as usize;
+        let trailing_bytes = (xor.trailing_zeros() / 8) as usize;
+        out.push(((leading_bytes as u8) << 4) | trailing_bytes as u8);
+        out.extend_from_slice(&xor.to_be_bytes()[leading_bytes..8 - trailing_bytes]);
+    }
+
+    /// Reads the next value at `offset` and moves past it.
+    ///
+    /// # Errors
+    /// [`ChunkDecodeError`] when the blob is truncated or the control byte is out of range.
+    #[inline]
+    pub fn read(&mut self, blob: &[u8], offset: &mut usize) -> Result<f64, ChunkDecodeError> {
         let control = *blob
-            .get(offset)
-            .ok_or(ChunkDecodeError::Truncated { offset })?;
-        offset += 1;
+            .get(*offset)
+            .ok_or(ChunkDecodeError::Truncated { offset: *offset })?;
+        *offset += 1;
         if control != 0xff {
             let leading_bytes = usize::from(control >> 4);
             let trailing_bytes = usize::from(control & 0x0f);
             if leading_bytes + trailing_bytes > 8 {
-                return Err(ChunkDecodeError::Corrupt { offset: offset - 1 });
+                return Err(ChunkDecodeError::Corrupt {
+                    offset: *offset - 1,
+                });
             }
             let width = 8 - leading_bytes - trailing_bytes;
-            previous_bits ^= read_xor_bytes(blob, offset, width, trailing_bytes)?;
-            offset += width;
+            self.previous_bits ^= read_xor_bytes(blob, *offset, width, trailing_bytes)?;
+            *offset += width;
         }
-        out.push(Sample {
-            timestamp_ms: previous_timestamp,
-            value: f64::from_bits(previous_bits),
-        });
+        Ok(f64::from_bits(self.previous_bits))
     }
-    Ok(())
 }
 
 /// Reads the `width` significant bytes of an XOR written by the encoders here and shifts them

@@ -33,7 +33,9 @@ use super::buckets::{
     bucket_end, buckets_from_samples, decode_buckets, encode_buckets, merge_buckets,
     samples_of_buckets,
 };
-use super::chunk::{decode_chunk, encode_chunk, read_varint, unzigzag, write_varint, zigzag};
+use super::chunk::{
+    decode_chunk, encode_chunk, read_varint, unzigzag, write_varint, zigzag, ChunkDecodeError,
+};
 use super::index::{SeriesId, SeriesIndex};
 
 /// One rollup level: samples thinned to the first and last of every `resolution` bucket, kept
@@ -235,6 +237,63 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
+/// What a chunk holds: raw samples (level 0) or rollup buckets (the other levels).
+trait ChunkItem: Sized {
+    /// The time that places the item in a block: a sample's timestamp, a bucket's end.
+    fn time_ms(&self) -> i64;
+    fn decode(blob: &[u8], out: &mut Vec<Self>) -> Result<(), ChunkDecodeError>;
+    fn encode(items: &[Self]) -> Vec<u8>;
+    /// Merges `newer` items (sorted) into `stored` (sorted).
+    fn merge(stored: Vec<Self>, newer: &[Self]) -> Vec<Self>;
+}
+
+impl ChunkItem for Sample {
+    fn time_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+
+    fn decode(blob: &[u8], out: &mut Vec<Self>) -> Result<(), ChunkDecodeError> {
+        decode_chunk(blob, out)
+    }
+
+    fn encode(items: &[Self]) -> Vec<u8> {
+        encode_chunk(items)
+    }
+
+    /// New samples win on equal timestamps.
+    fn merge(mut stored: Vec<Self>, newer: &[Self]) -> Vec<Self> {
+        stored.extend_from_slice(newer);
+        // Stable sort: for equal timestamps the newer sample (later in `stored`) stays last.
+        stored.sort_by_key(|sample| sample.timestamp_ms);
+        let mut deduplicated: Vec<Sample> = Vec::with_capacity(stored.len());
+        for sample in stored {
+            match deduplicated.last_mut() {
+                Some(last) if last.timestamp_ms == sample.timestamp_ms => *last = sample,
+                _ => deduplicated.push(sample),
+            }
+        }
+        deduplicated
+    }
+}
+
+impl ChunkItem for Bucket {
+    fn time_ms(&self) -> i64 {
+        self.end_ms
+    }
+
+    fn decode(blob: &[u8], out: &mut Vec<Self>) -> Result<(), ChunkDecodeError> {
+        decode_buckets(blob, out)
+    }
+
+    fn encode(items: &[Self]) -> Vec<u8> {
+        encode_buckets(items)
+    }
+
+    fn merge(stored: Vec<Self>, newer: &[Self]) -> Vec<Self> {
+        merge_buckets(stored, newer)
+    }
+}
+
 impl MetricStore {
     /// Opens (or creates) the store in `data_dir/metrics.db` and replays its write-ahead records.
     ///
@@ -425,7 +484,7 @@ impl MetricStore {
                 for (level_index, level) in self.options.rollups.iter().enumerate() {
                     let buckets =
                         buckets_from_samples(samples, level.resolution.as_millis() as i64);
-                    self.merge_buckets_into_blocks(&transaction, *id, level_index + 1, &buckets)?;
+                    self.merge_into_blocks(&transaction, *id, level_index + 1, &buckets)?;
                 }
             }
             transaction
@@ -464,14 +523,14 @@ impl MetricStore {
         }
     }
 
-    /// Merges rollup `buckets` (sorted) of one series into the bucket chunk of each block, so
-    /// every (series, level, block) keeps a single chunk.
-    fn merge_buckets_into_blocks(
+    /// Merges `items` (sorted by time) of one series into the chunk of each block they fall
+    /// in, so every (series, level, block) keeps a single chunk.
+    fn merge_into_blocks<T: ChunkItem>(
         &self,
         transaction: &rusqlite::Transaction<'_>,
         id: SeriesId,
         level: usize,
-        buckets: &[Bucket],
+        items: &[T],
     ) -> Result<(), SinkError> {
         let block_ms = self.block_ms(level);
         let mut select = transaction
@@ -494,27 +553,27 @@ impl MetricStore {
             .map_err(storage_error)?;
         let level_key = level as i64;
         let mut index = 0;
-        while index < buckets.len() {
-            let block_start = buckets[index].end_ms.div_euclid(block_ms) * block_ms;
+        while index < items.len() {
+            let block_start = items[index].time_ms().div_euclid(block_ms) * block_ms;
             let block_end = block_start.saturating_add(block_ms);
             let part_end =
-                index + buckets[index..].partition_point(|bucket| bucket.end_ms < block_end);
-            let part = &buckets[index..part_end];
+                index + items[index..].partition_point(|item| item.time_ms() < block_end);
+            let part = &items[index..part_end];
             index = part_end;
 
-            let mut stored: Vec<Bucket> = Vec::new();
+            let mut stored: Vec<T> = Vec::new();
             let mut rows = select
                 .query(params![id, level_key, block_start, block_end])
                 .map_err(storage_error)?;
             while let Some(row) = rows.next().map_err(storage_error)? {
                 let blob: Vec<u8> = row.get(0).map_err(storage_error)?;
-                decode_buckets(&blob, &mut stored).map_err(|error| {
-                    SinkError::Storage(format!("corrupt rollup chunk of series {id}: {error}"))
+                T::decode(&blob, &mut stored).map_err(|error| {
+                    SinkError::Storage(format!("corrupt chunk of series {id}: {error}"))
                 })?;
             }
             drop(rows);
             let had_chunks = !stored.is_empty();
-            let merged = merge_buckets(stored, part);
+            let merged = T::merge(stored, part);
             let (Some(first), Some(last)) = (merged.first(), merged.last()) else {
                 continue;
             };
@@ -527,90 +586,9 @@ impl MetricStore {
                 .execute(params![
                     id,
                     level_key,
-                    first.end_ms,
-                    last.end_ms,
-                    encode_buckets(&merged)
-                ])
-                .map_err(storage_error)?;
-        }
-        Ok(())
-    }
-
-    /// Merges `samples` (sorted) of one series into the chunk of each block they fall in, so
-    /// every (series, level, block) keeps a single chunk; new samples win on equal timestamps.
-    fn merge_into_blocks(
-        &self,
-        transaction: &rusqlite::Transaction<'_>,
-        id: SeriesId,
-        level: usize,
-        samples: &[Sample],
-    ) -> Result<(), SinkError> {
-        let block_ms = self.block_ms(level);
-        let mut select = transaction
-            .prepare_cached(
-                "SELECT data FROM chunks WHERE series_id = ?1 AND level = ?2
-                 AND start_ms >= ?3 AND start_ms < ?4 ORDER BY start_ms, seq",
-            )
-            .map_err(storage_error)?;
-        let mut delete = transaction
-            .prepare_cached(
-                "DELETE FROM chunks WHERE series_id = ?1 AND level = ?2
-                 AND start_ms >= ?3 AND start_ms < ?4",
-            )
-            .map_err(storage_error)?;
-        let mut insert = transaction
-            .prepare_cached(
-                "INSERT INTO chunks (series_id, level, start_ms, end_ms, seq, data)
-                 VALUES (?1, ?2, ?3, ?4, 0, ?5)",
-            )
-            .map_err(storage_error)?;
-        let level_key = level as i64;
-        let mut index = 0;
-        while index < samples.len() {
-            let block_start = samples[index].timestamp_ms.div_euclid(block_ms) * block_ms;
-            let block_end = block_start.saturating_add(block_ms);
-            let part_end =
-                index + samples[index..].partition_point(|sample| sample.timestamp_ms < block_end);
-            let part = &samples[index..part_end];
-            index = part_end;
-
-            let mut merged: Vec<Sample> = Vec::new();
-            let mut rows = select
-                .query(params![id, level_key, block_start, block_end])
-                .map_err(storage_error)?;
-            while let Some(row) = rows.next().map_err(storage_error)? {
-                let blob: Vec<u8> = row.get(0).map_err(storage_error)?;
-                decode_chunk(&blob, &mut merged).map_err(|error| {
-                    SinkError::Storage(format!("corrupt chunk of series {id}: {error}"))
-                })?;
-            }
-            drop(rows);
-            let had_chunks = !merged.is_empty();
-            merged.extend_from_slice(part);
-            // Stable sort: for equal timestamps the newer sample (later in `merged`) stays last.
-            merged.sort_by_key(|sample| sample.timestamp_ms);
-            let mut deduplicated: Vec<Sample> = Vec::with_capacity(merged.len());
-            for sample in merged {
-                match deduplicated.last_mut() {
-                    Some(last) if last.timestamp_ms == sample.timestamp_ms => *last = sample,
-                    _ => deduplicated.push(sample),
-                }
-            }
-            let (Some(first), Some(last)) = (deduplicated.first(), deduplicated.last()) else {
-                continue;
-            };
-            if had_chunks {
-                delete
-                    .execute(params![id, level_key, block_start, block_end])
-                    .map_err(storage_error)?;
-            }
-            insert
-                .execute(params![
-                    id,
-                    level_key,
-                    first.timestamp_ms,
-                    last.timestamp_ms,
-                    encode_chunk(&deduplicated)
+                    first.time_ms(),
+                    last.time_ms(),
+                    T::encode(&merged)
                 ])
                 .map_err(storage_error)?;
         }
