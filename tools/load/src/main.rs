@@ -15,6 +15,7 @@
 //! lines and sends to it with the same generator, so the baseline comes from the same run.
 //! Both print one `key=value` summary line.
 
+mod logs;
 mod statsd;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,12 @@ enum Command {
     Statsd(statsd::StatsdArgs),
     /// Send the same StatsD load to a counting UDP sink inside this process.
     StatsdBaseline(statsd::StatsdArgs),
+    /// Send NDJSON log lines over HTTP to a Vigil; counted once searchable.
+    Logs(logs::LogsArgs),
+    /// Index the same log lines with plain tantivy and Vigil's schema in this process.
+    LogsBaseline(logs::LogsArgs),
+    /// Measure log search latency through Vigil's HTTP API.
+    LogsSearch(logs::SearchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +47,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Statsd(args) => statsd::run_against_vigil(&args),
         Command::StatsdBaseline(args) => statsd::run_baseline(&args),
+        Command::Logs(args) => logs::run_against_vigil(&args),
+        Command::LogsBaseline(args) => logs::run_baseline(&args),
+        Command::LogsSearch(args) => logs::run_search(&args),
     }
 }
