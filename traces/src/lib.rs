@@ -12,6 +12,7 @@ pub mod codec;
 mod jaeger;
 pub mod query;
 mod store;
+pub mod synthetic;
 
 pub use api::{router, CorrelatedLogs, NoLogs};
 pub use store::{SpanStore, SpanStoreOptions, StoreError};

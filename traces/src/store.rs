@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use vigil_model::{Span, SpanSink, SpanSinkError, StatusCode};
@@ -38,10 +38,15 @@ use crate::codec::{decode_chunk, encode_chunk, DecodeError};
 /// Spans per chunk at most; `span_no` is `chunk_id << SPAN_NO_BITS | index`.
 const SPAN_NO_BITS: u32 = 12;
 const MAX_SPANS_PER_CHUNK: usize = 1 << SPAN_NO_BITS;
+/// Spans one group commit takes at most (more wait for the next).
+const MAX_GROUP_SPANS: usize = 16_384;
 /// Reader connections kept per partition.
 const MAX_IDLE_READERS: usize = 8;
 /// How often the background thread checkpoints the head's WAL.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+/// WAL size past which a checkpoint finishes under the writer lock, and to which an idle WAL
+/// file is truncated.
+const WAL_RESET_BYTES: u64 = 64 << 20;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS chunks (
@@ -224,6 +229,8 @@ pub struct SpanStore {
     /// Oldest first; the last is the head.
     partitions: RwLock<Vec<Arc<Partition>>>,
     writer: Mutex<Writer>,
+    queue: Mutex<CommitQueue>,
+    committed: Condvar,
     stopping: Arc<AtomicBool>,
 }
 
@@ -270,6 +277,7 @@ fn open_writer(path: &Path, cache_kib: i64) -> Result<Connection, StoreError> {
         configure(&connection, cache_kib)?;
         // Checkpoints run on the background thread.
         connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        connection.pragma_update(None, "journal_size_limit", WAL_RESET_BYTES as i64)?;
         connection.execute_batch(SCHEMA)?;
         Ok(connection)
     };
@@ -363,6 +371,8 @@ impl SpanStore {
             options,
             partitions: RwLock::new(partitions),
             writer: Mutex::new(writer),
+            queue: Mutex::new(CommitQueue::default()),
+            committed: Condvar::new(),
             stopping: Arc::new(AtomicBool::new(false)),
         });
         spawn_checkpointer(Arc::downgrade(&store), store.stopping.clone());
@@ -386,6 +396,11 @@ impl SpanStore {
     /// # Errors
     /// [`StoreError`] when nothing of the batch was written.
     pub fn write_spans(&self, spans: &[Span]) -> Result<(), StoreError> {
+        let references: Vec<&Span> = spans.iter().collect();
+        self.write_references(&references)
+    }
+
+    fn write_references(&self, spans: &[&Span]) -> Result<(), StoreError> {
         if spans.is_empty() {
             return Ok(());
         }
@@ -404,6 +419,50 @@ impl SpanStore {
             }
         }
         outcome
+    }
+
+    /// Writes a batch together with the batches other threads are writing at the same time
+    /// (group commit): the first caller to find no commit running commits every queued batch
+    /// in one transaction, the others wait for it. Returns once the batch is committed.
+    ///
+    /// # Errors
+    /// The store's error as text when the transaction holding the batch failed.
+    pub fn write_grouped(&self, spans: Vec<Span>) -> Result<(), String> {
+        let mut queue = self.queue.lock();
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.pending.push((ticket, spans));
+        loop {
+            if let Some(result) = queue.results.remove(&ticket) {
+                return result;
+            }
+            if queue.committing {
+                self.committed.wait(&mut queue);
+                continue;
+            }
+            queue.committing = true;
+            let mut taken = Vec::new();
+            let mut taken_spans = 0usize;
+            while let Some((_, next)) = queue.pending.first() {
+                if !taken.is_empty() && taken_spans + next.len() > MAX_GROUP_SPANS {
+                    break;
+                }
+                taken_spans += next.len();
+                taken.push(queue.pending.remove(0));
+            }
+            drop(queue);
+            let references: Vec<&Span> = taken.iter().flat_map(|(_, spans)| spans.iter()).collect();
+            let outcome = self
+                .write_references(&references)
+                .map_err(|error| error.to_string());
+            drop(references);
+            queue = self.queue.lock();
+            for (taken_ticket, _) in taken {
+                queue.results.insert(taken_ticket, outcome.clone());
+            }
+            queue.committing = false;
+            self.committed.notify_all();
+        }
     }
 
     /// Starts a new head partition. Called with the writer lock held.
@@ -428,7 +487,10 @@ impl SpanStore {
         Ok(())
     }
 
-    /// Checkpoints the head's WAL (passive: never waits for readers or the writer).
+    /// Checkpoints the head's WAL. A passive checkpoint copies pages without stopping
+    /// writes; when the WAL has grown past [`WAL_RESET_BYTES`] (writes kept coming while it
+    /// ran), the rest is copied under the writer lock so the checkpoint completes and the next
+    /// write starts the WAL from the beginning again (`journal_size_limit` then truncates it).
     fn checkpoint(&self) -> Result<(), StoreError> {
         let head = match self.partitions.read().last() {
             Some(head) => head.clone(),
@@ -441,7 +503,20 @@ impl SpanStore {
                 .map_err(StoreError::from);
             connection.pragma_update(None, "query_only", true)?;
             outcome
-        })
+        })?;
+        let [_, wal, _] = head.files();
+        let wal_bytes = std::fs::metadata(&wal)
+            .map(|metadata| metadata.len())
+            .unwrap_or(0);
+        if wal_bytes > WAL_RESET_BYTES {
+            let writer = self.writer.lock();
+            if Arc::ptr_eq(&writer.partition, &head) {
+                writer
+                    .connection
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Returns the number of partitions and the bytes they take on disk.
@@ -579,13 +654,13 @@ impl Writer {
 
     fn write(
         &mut self,
-        spans: &[Span],
+        spans: &[&Span],
         correlation_attributes: &[String],
     ) -> Result<(), StoreError> {
         // Group by trace, keeping the order of first appearance.
         let mut group_of: HashMap<[u8; 16], usize> = HashMap::new();
         let mut groups: Vec<Vec<&Span>> = Vec::new();
-        for span in spans {
+        for span in spans.iter().copied() {
             let index = *group_of.entry(span.trace_id).or_insert_with(|| {
                 groups.push(Vec::new());
                 groups.len() - 1
@@ -728,11 +803,21 @@ fn operation_id(
 
 impl SpanSink for SpanStore {
     fn write(&self, spans: Vec<Span>) -> Result<(), SpanSinkError> {
-        self.write_spans(&spans).map_err(|error| {
-            tracing::warn!(%error, spans = spans.len(), "span store write failed");
-            SpanSinkError::Storage(error.to_string())
+        let count = spans.len();
+        self.write_grouped(spans).map_err(|error| {
+            tracing::warn!(%error, spans = count, "span store write failed");
+            SpanSinkError::Storage(error)
         })
     }
+}
+
+/// Batches waiting for a group commit, and the outcomes of committed ones.
+#[derive(Default)]
+struct CommitQueue {
+    next_ticket: u64,
+    pending: Vec<(u64, Vec<Span>)>,
+    results: HashMap<u64, Result<(), String>>,
+    committing: bool,
 }
 
 /// Reads every span of `trace_id` in one partition.

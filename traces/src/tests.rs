@@ -684,3 +684,60 @@ async fn jaeger_shapes_match_jaegers_json() {
         ])
     );
 }
+
+#[test]
+fn concurrent_writers_share_commits_and_lose_nothing() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open(directory.path());
+    let mut generator = crate::synthetic::SpanGenerator::new(3, BASE_NS, 1_000_000);
+    let batches: Vec<Vec<Span>> = (0..40).map(|_| generator.batch(100).0).collect();
+    let expected: Vec<([u8; 16], [u8; 8])> = batches
+        .iter()
+        .flatten()
+        .map(|span| (span.trace_id, span.span_id))
+        .collect();
+    std::thread::scope(|scope| {
+        for writer_batches in batches.chunks(10) {
+            let store = &store;
+            scope.spawn(move || {
+                for batch in writer_batches {
+                    store.write(batch.clone()).unwrap();
+                }
+            });
+        }
+    });
+    for (trace_id, span_id) in expected {
+        let spans = store.trace(&trace_id).unwrap();
+        assert!(spans.iter().any(|span| span.span_id == span_id));
+    }
+}
+
+#[test]
+#[ignore = "prints the store's file sizes after 200 synthetic batches; run by hand"]
+fn write_path_sizes() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open(directory.path());
+    let mut generator = crate::synthetic::SpanGenerator::new(1, BASE_NS, 1_000_000);
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        store.write_spans(&generator.batch(512).0).unwrap();
+    }
+    eprintln!("200 batches in {:?}", started.elapsed());
+    for entry in std::fs::read_dir(directory.path()).unwrap() {
+        let entry = entry.unwrap();
+        eprintln!(
+            "{:?} {}",
+            entry.file_name(),
+            entry.metadata().unwrap().len()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for entry in std::fs::read_dir(directory.path()).unwrap() {
+        let entry = entry.unwrap();
+        eprintln!(
+            "after a checkpoint: {:?} {}",
+            entry.file_name(),
+            entry.metadata().unwrap().len()
+        );
+    }
+}
