@@ -65,8 +65,8 @@ pub struct Config {
     pub alertmanager: AlertmanagerConfig,
     /// `alerting:` as in prometheus.yml: external Alertmanagers Vigil also sends alerts to.
     pub alerting: ExternalAlertingConfig,
-    /// `auth:` tokens.
-    pub auth: Value,
+    /// `auth:` tokens (see src/auth.rs).
+    pub auth: crate::auth::AuthConfig,
     /// The directory of the config file, for relative paths; not a key.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -410,6 +410,32 @@ impl Config {
         serde_yaml_ng::from_value(document).map_err(|error| ConfigError::Invalid(error.to_string()))
     }
 
+    /// Refuses to serve the HTTP API or OTLP on a non-loopback address without tokens, unless
+    /// `auth.disabled` says so (DESIGN.md §5).
+    fn check_auth_on_open_addresses(&self) -> Result<(), ConfigError> {
+        if self.auth.enabled() || self.auth.disabled {
+            return Ok(());
+        }
+        for (key, value) in [
+            ("server.http_listen", &self.server.http_listen),
+            ("otlp.grpc_listen", &self.otlp.grpc_listen),
+            ("otlp.http_listen", &self.otlp.http_listen),
+        ] {
+            if let Some(address) = listen_address(key, value)? {
+                if !address.ip().is_loopback() {
+                    return Err(ConfigError::Value {
+                        key: key.to_string(),
+                        reason: format!(
+                            "{address} is not a loopback address: set tokens under `auth:` \
+                             (ingest_tokens, read_tokens, admin_tokens) or `auth.disabled: true`"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks values that types alone cannot.
     ///
     /// # Errors
@@ -439,6 +465,7 @@ impl Config {
             });
         }
         self.traces.validate()?;
+        self.check_auth_on_open_addresses()?;
         if self.storage.limits.log_line_bytes == 0 {
             return Err(ConfigError::Value {
                 key: "storage.limits.log_line_bytes".to_string(),

@@ -4,6 +4,7 @@
 //! whose sections reuse prometheus.yml, alertmanager.yml and statsd_exporter's mapping format.
 
 mod alerting;
+mod auth;
 mod cli;
 mod config;
 mod logs;

@@ -185,7 +185,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .merge(vigil_traces::router(span_store.clone(), correlated_logs))
         .layer(axum::middleware::map_response(json_for_plain_errors))
         .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true))
-        .layer(DefaultBodyLimit::max(max_body_bytes));
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::auth::Authenticator::new(config.auth.clone()),
+            crate::auth::require,
+        ));
 
     let http_address = listen_address("server.http_listen", &config.server.http_listen)?;
     if let Some(address) = http_address {
