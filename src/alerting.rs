@@ -282,6 +282,135 @@ mod tests {
         }
     }
 
+    /// The shipped span-metric rules over the real PromQL engine (span metrics as the OTLP
+    /// ingest writes them: calls counters and duration sketches), stepped minute by minute.
+    /// orders' server spans go from 1% to about 17% errors at minute 11 and their p99 from
+    /// 0.1 s to 2 s at minute 30; payments' spans stop after minute 60 (none left in a 5m window from minute 64); catalog stays healthy.
+    /// orders' client spans fail and are slow all along, and must not count.
+    #[test]
+    fn shipped_span_metric_rules_fire_after_their_for_over_the_real_engine() {
+        let reader = Arc::new(MemoryReader::new());
+        reader
+            .load_text(
+                MINUTE,
+                r#"
+vigil_span_calls_total{service="orders",operation="POST /orders",kind="server",status="ok"} 0+99x130
+vigil_span_calls_total{service="orders",operation="POST /orders",kind="server",status="error"} 0+1x10 11+20x119
+vigil_span_calls_total{service="orders",operation="GET /stock",kind="client",status="error"} 0+1000x130
+vigil_span_calls_total{service="payments",operation="charge",kind="consumer",status="unset"} 0+50x60
+vigil_span_calls_total{service="catalog",operation="GET /items",kind="server",status="ok"} 0+100x130
+vigil_span_calls_total{service="catalog",operation="GET /items",kind="server",status="error"} 0+0x130
+"#,
+            )
+            .unwrap();
+        let span_labels = |service: &str, operation: &str, kind: &str| {
+            Labels::with_name(
+                "vigil_span_duration_seconds",
+                [
+                    ("service", service.to_string()),
+                    ("operation", operation.to_string()),
+                    ("kind", kind.to_string()),
+                ],
+            )
+        };
+        for minute in 0..=130 {
+            let mut server = vigil_model::Sketch::new();
+            server.add_many(if minute < 30 { 0.1 } else { 2.0 }, 100);
+            reader.add_sketch(
+                span_labels("orders", "POST /orders", "server"),
+                minute * MINUTE,
+                server,
+            );
+            let mut client = vigil_model::Sketch::new();
+            client.add_many(5.0, 100);
+            reader.add_sketch(
+                span_labels("orders", "GET /stock", "client"),
+                minute * MINUTE,
+                client,
+            );
+            let mut healthy = vigil_model::Sketch::new();
+            healthy.add_many(0.05, 100);
+            reader.add_sketch(
+                span_labels("catalog", "GET /items", "server"),
+                minute * MINUTE,
+                healthy,
+            );
+        }
+        let groups = load_rule_files(None, std::path::Path::new(".")).unwrap();
+        let engine: Arc<dyn QueryEngine> = Arc::new(PromqlRuleEngine::new(reader));
+        let options = ManagerOptions {
+            evaluation_interval: Duration::from_secs(60),
+            external_labels: BTreeMap::new(),
+            external_url: "http://localhost:7080".to_string(),
+        };
+        let mut manager = RuleManager::new(groups, engine, None, None, options).unwrap();
+        // (alertname, service) -> (first minute seen firing, its start minute, severity)
+        let mut first_firing: BTreeMap<(String, String), (i64, i64, String)> = BTreeMap::new();
+        for minute in 0..=130 {
+            for alert in manager.evaluate_due(minute * MINUTE) {
+                if alert.ends_at_ms.is_some() {
+                    continue;
+                }
+                let name = alert
+                    .labels
+                    .get("alertname")
+                    .unwrap_or_default()
+                    .to_string();
+                let service = alert.labels.get("service").unwrap_or_default().to_string();
+                let severity = alert.labels.get("severity").unwrap_or_default().to_string();
+                assert!(
+                    !alert.annotations["summary"].contains("error expanding"),
+                    "{:?}",
+                    alert.annotations
+                );
+                first_firing.entry((name, service)).or_insert((
+                    minute,
+                    alert.starts_at_ms / MINUTE,
+                    severity,
+                ));
+            }
+        }
+        let fired: Vec<(&str, &str)> = first_firing
+            .keys()
+            .map(|(name, service)| (name.as_str(), service.as_str()))
+            .collect();
+        assert_eq!(
+            fired,
+            [
+                ("HighSpanErrorRate", "orders"),
+                ("HighSpanLatencyP99", "orders"),
+                ("SpanTrafficGone", "payments"),
+            ],
+            "{first_firing:?}"
+        );
+        let timing = |name: &str, service: &str| {
+            first_firing[&(name.to_string(), service.to_string())].clone()
+        };
+        let (minute, started, severity) = timing("HighSpanErrorRate", "orders");
+        assert!((16..=19).contains(&minute), "fired at minute {minute}");
+        assert_eq!(minute - started, 5, "fires after `for: 5m`");
+        assert_eq!(severity, "page");
+        let (minute, started, severity) = timing("HighSpanLatencyP99", "orders");
+        assert!((40..=42).contains(&minute), "fired at minute {minute}");
+        assert_eq!(minute - started, 10, "fires after `for: 10m`");
+        assert_eq!(severity, "ticket");
+        let (minute, started, severity) = timing("SpanTrafficGone", "payments");
+        assert!((73..=76).contains(&minute), "fired at minute {minute}");
+        assert_eq!(minute - started, 10, "fires after `for: 10m`");
+        assert_eq!(severity, "ticket");
+        for group in manager.rules_snapshot() {
+            for rule in &group.rules {
+                assert_eq!(
+                    rule.health,
+                    vigil_alerting::manager::RuleHealth::Ok,
+                    "{}: {}",
+                    rule.name,
+                    rule.last_error
+                );
+            }
+        }
+    }
+
     /// The shipped HighErrorRate rule over the real PromQL engine, stepped minute by minute:
     /// gateway's errors go from 1% to 20% of its requests at minute 11; api stays at 1%.
     #[test]

@@ -172,8 +172,49 @@ async fn notifications(
     }
 }
 
-async fn list_silences(State(alerting): State<Alerting>) -> Response {
-    Json(alerting.silences.list(now_ms())).into_response()
+async fn list_silences(
+    State(alerting): State<Alerting>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut filter = Vec::new();
+    for (key, value) in &params {
+        if key == "filter" {
+            match crate::route::parse_matchers(value) {
+                Ok(matchers) => filter.extend(matchers),
+                Err(error) => return bad_request(error),
+            }
+        }
+    }
+    let silences: Vec<_> = alerting
+        .silences
+        .list(now_ms())
+        .into_iter()
+        .filter(|silence| silence_matches_filter(silence, &filter))
+        .collect();
+    Json(silences).into_response()
+}
+
+/// Alertmanager's rule for `GET /api/v2/silences?filter=`: every filter matcher must match
+/// the label set the silence's matchers spell out (name → value).
+fn silence_matches_filter(
+    silence: &crate::silence::GettableSilence,
+    filter: &[vigil_model::LabelMatcher],
+) -> bool {
+    if filter.is_empty() {
+        return true;
+    }
+    let labels = vigil_model::Labels::from_pairs(
+        silence
+            .matchers
+            .iter()
+            .map(|matcher| (matcher.name.clone(), matcher.value.clone())),
+    );
+    filter.iter().all(|matcher| matcher.matches(&labels))
+}
+
+/// A 400 in Alertmanager's error shape (a JSON string), as amtool prints it.
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(message)).into_response()
 }
 
 async fn post_silence(State(alerting): State<Alerting>, body: axum::body::Bytes) -> Response {
@@ -222,18 +263,159 @@ async fn delete_silence(State(alerting): State<Alerting>, Path(id): Path<String>
     }
 }
 
-async fn list_v2_alerts(State(alerting): State<Alerting>) -> Response {
+/// The query of `GET /api/v2/alerts` and `GET /api/v2/alerts/groups`, as Alertmanager reads
+/// it (and amtool sends it): `active`, `silenced`, `inhibited` and `unprocessed` (each true
+/// unless `false`), `filter` (matchers such as `service="a"`, repeatable) and `receiver` (a
+/// regular expression a receiver's whole name must match).
+struct AlertFilter {
+    active: bool,
+    silenced: bool,
+    inhibited: bool,
+    unprocessed: bool,
+    matchers: Vec<vigil_model::LabelMatcher>,
+    receiver: Option<regex::Regex>,
+}
+
+impl AlertFilter {
+    fn from_query(params: &[(String, String)]) -> Result<AlertFilter, String> {
+        let mut filter = AlertFilter {
+            active: true,
+            silenced: true,
+            inhibited: true,
+            unprocessed: true,
+            matchers: Vec::new(),
+            receiver: None,
+        };
+        for (key, value) in params {
+            let flag = match key.as_str() {
+                "active" => &mut filter.active,
+                "silenced" => &mut filter.silenced,
+                "inhibited" => &mut filter.inhibited,
+                "unprocessed" => &mut filter.unprocessed,
+                "filter" => {
+                    filter.matchers.extend(crate::route::parse_matchers(value)?);
+                    continue;
+                }
+                "receiver" => {
+                    if !value.is_empty() {
+                        let anchored = format!("^(?:{value})$");
+                        filter.receiver =
+                            Some(regex::Regex::new(&anchored).map_err(|error| {
+                                format!("invalid parameter \"receiver\": {error}")
+                            })?);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            *flag = match value.as_str() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(format!(
+                        "invalid parameter {key:?}: {other:?} is not true or false"
+                    ))
+                }
+            };
+        }
+        Ok(filter)
+    }
+
+    /// Returns whether an alert in `GettableAlert` shape passes the state and label filters.
+    fn keeps_alert(&self, alert: &serde_json::Value) -> bool {
+        let status = &alert["status"];
+        let not_empty = |field: &str| status[field].as_array().is_some_and(|ids| !ids.is_empty());
+        let kept_by_state = match status["state"].as_str() {
+            Some("active") => self.active,
+            Some("unprocessed") => self.unprocessed,
+            _ => true,
+        };
+        if !kept_by_state
+            || (!self.silenced && not_empty("silencedBy"))
+            || (!self.inhibited && not_empty("inhibitedBy"))
+        {
+            return false;
+        }
+        if self.matchers.is_empty() {
+            return true;
+        }
+        let labels =
+            vigil_model::Labels::from_pairs(alert["labels"].as_object().into_iter().flatten().map(
+                |(name, value)| (name.clone(), value.as_str().unwrap_or_default().to_string()),
+            ));
+        self.matchers.iter().all(|matcher| matcher.matches(&labels))
+    }
+
+    fn keeps_receiver(&self, name: &str) -> bool {
+        self.receiver
+            .as_ref()
+            .is_none_or(|receiver| receiver.is_match(name))
+    }
+
+    /// Returns whether an alert passes every filter, its receivers included.
+    fn keeps(&self, alert: &serde_json::Value) -> bool {
+        let receivers = alert["receivers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let receiver_kept = self.receiver.is_none()
+            || receivers
+                .iter()
+                .any(|receiver| self.keeps_receiver(receiver["name"].as_str().unwrap_or_default()));
+        receiver_kept && self.keeps_alert(alert)
+    }
+}
+
+async fn list_v2_alerts(
+    State(alerting): State<Alerting>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let filter = match AlertFilter::from_query(&params) {
+        Ok(filter) => filter,
+        Err(error) => return bad_request(error),
+    };
     let dispatcher = alerting.dispatcher.clone();
     match tokio::task::spawn_blocking(move || dispatcher.lock().api_alerts(now_ms())).await {
-        Ok(alerts) => Json(alerts).into_response(),
+        Ok(alerts) => {
+            let mut alerts: Vec<serde_json::Value> = alerts
+                .into_iter()
+                .filter(|alert| filter.keeps(alert))
+                .collect();
+            alerts.sort_by(|left, right| {
+                left["fingerprint"]
+                    .as_str()
+                    .cmp(&right["fingerprint"].as_str())
+            });
+            Json(alerts).into_response()
+        }
         Err(error) => internal(error.to_string()),
     }
 }
 
-async fn list_v2_groups(State(alerting): State<Alerting>) -> Response {
+async fn list_v2_groups(
+    State(alerting): State<Alerting>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let filter = match AlertFilter::from_query(&params) {
+        Ok(filter) => filter,
+        Err(error) => return bad_request(error),
+    };
     let dispatcher = alerting.dispatcher.clone();
     match tokio::task::spawn_blocking(move || dispatcher.lock().api_groups(now_ms())).await {
-        Ok(groups) => Json(groups).into_response(),
+        Ok(groups) => {
+            let groups: Vec<serde_json::Value> = groups
+                .into_iter()
+                .filter(|group| {
+                    filter.keeps_receiver(group["receiver"]["name"].as_str().unwrap_or_default())
+                })
+                .filter_map(|mut group| {
+                    let alerts = group["alerts"].as_array_mut()?;
+                    alerts.retain(|alert| filter.keeps_alert(alert));
+                    (!alerts.is_empty()).then_some(group)
+                })
+                .collect();
+            Json(groups).into_response()
+        }
         Err(error) => internal(error.to_string()),
     }
 }

@@ -306,17 +306,25 @@ impl Dispatcher {
     }
 
     fn is_inhibited(&self, alert: &NotifiableAlert, now_ms: i64) -> bool {
-        self.inhibit_rules.iter().any(|rule| {
+        !self.inhibited_by(alert, now_ms).is_empty()
+    }
+
+    /// Returns the fingerprints of the firing alerts that inhibit `alert` at `now_ms`: those
+    /// matching the source side of an inhibit rule whose target side `alert` matches, with
+    /// equal values of the rule's `equal` labels.
+    fn inhibited_by(&self, alert: &NotifiableAlert, now_ms: i64) -> Vec<u64> {
+        let mut sources = Vec::new();
+        for rule in &self.inhibit_rules {
             if !rule
                 .target
                 .iter()
                 .all(|matcher| matcher.matches(&alert.labels))
             {
-                return false;
+                continue;
             }
-            self.alerts.values().any(|source| {
+            for source in self.alerts.values() {
                 let source = self.effective(source, now_ms);
-                source.fingerprint != alert.fingerprint
+                let inhibits = source.fingerprint != alert.fingerprint
                     && !source.is_resolved(now_ms)
                     && rule
                         .source
@@ -325,9 +333,13 @@ impl Dispatcher {
                     && rule
                         .equal
                         .iter()
-                        .all(|name| source.labels.get(name) == alert.labels.get(name))
-            })
-        })
+                        .all(|name| source.labels.get(name) == alert.labels.get(name));
+                if inhibits && !sources.contains(&source.fingerprint) {
+                    sources.push(source.fingerprint);
+                }
+            }
+        }
+        sources
     }
 
     /// Flushes every group due at `now_ms` and returns how many messages went to the outbox.
@@ -564,25 +576,32 @@ impl Dispatcher {
         }
     }
 
-    /// Returns every known alert in Alertmanager API v2's `GettableAlert` shape.
+    /// Returns every alert that has not ended in Alertmanager API v2's `GettableAlert` shape.
     pub fn api_alerts(&self, now_ms: i64) -> Vec<serde_json::Value> {
         self.alerts
             .values()
-            .map(|tracked| self.api_alert(tracked, now_ms))
+            .filter_map(|tracked| self.api_alert(tracked, now_ms))
             .collect()
     }
 
-    fn api_alert(&self, tracked: &TrackedAlert, now_ms: i64) -> serde_json::Value {
+    /// Returns `tracked` in API v2's `GettableAlert` shape, or `None` once it is resolved
+    /// (Alertmanager lists only alerts that have not ended).
+    fn api_alert(&self, tracked: &TrackedAlert, now_ms: i64) -> Option<serde_json::Value> {
         let alert = self.effective(tracked, now_ms);
+        if alert.is_resolved(now_ms) {
+            return None;
+        }
         let silenced_by = self
             .silences
             .as_ref()
             .map(|silences| silences.muting(&alert.labels, now_ms))
             .unwrap_or_default();
-        let inhibited = self.is_inhibited(&alert, now_ms);
-        let state = if alert.is_resolved(now_ms) {
-            "unprocessed"
-        } else if silenced_by.is_empty() && !inhibited {
+        let inhibited_by: Vec<String> = self
+            .inhibited_by(&alert, now_ms)
+            .into_iter()
+            .map(|fingerprint| format!("{fingerprint:016x}"))
+            .collect();
+        let state = if silenced_by.is_empty() && inhibited_by.is_empty() {
             "active"
         } else {
             "suppressed"
@@ -593,7 +612,7 @@ impl Dispatcher {
             .iter()
             .map(|route| serde_json::json!({"name": route.receiver}))
             .collect();
-        serde_json::json!({
+        Some(serde_json::json!({
             "labels": label_map(&alert.labels),
             "annotations": alert.annotations,
             "startsAt": rfc3339(alert.starts_at_ms),
@@ -602,25 +621,29 @@ impl Dispatcher {
             "generatorURL": alert.generator_url,
             "fingerprint": format!("{:016x}", alert.fingerprint),
             "receivers": receivers,
-            "status": {"state": state, "silencedBy": silenced_by, "inhibitedBy": [], "mutedBy": []},
-        })
+            "status": {"state": state, "silencedBy": silenced_by, "inhibitedBy": inhibited_by},
+        }))
     }
 
-    /// Returns the groups in Alertmanager API v2's `AlertGroup` shape.
+    /// Returns the groups in Alertmanager API v2's `AlertGroup` shape, each with its alerts
+    /// that have not ended (groups left with none are not listed).
     pub fn api_groups(&self, now_ms: i64) -> Vec<serde_json::Value> {
         self.groups
             .values()
-            .map(|group| {
+            .filter_map(|group| {
                 let alerts: Vec<serde_json::Value> = group
                     .alerts
                     .values()
-                    .map(|tracked| self.api_alert(tracked, now_ms))
+                    .filter_map(|tracked| self.api_alert(tracked, now_ms))
                     .collect();
-                serde_json::json!({
+                if alerts.is_empty() {
+                    return None;
+                }
+                Some(serde_json::json!({
                     "labels": label_map(&group.group_labels),
                     "receiver": {"name": group.receiver},
                     "alerts": alerts,
-                })
+                }))
             })
             .collect()
     }

@@ -16,6 +16,7 @@
 //! Both print one `key=value` summary line.
 
 mod logs;
+mod otlp;
 mod statsd;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,9 @@ enum Command {
     LogsBaseline(logs::LogsArgs),
     /// Measure log search latency through Vigil's HTTP API.
     LogsSearch(logs::SearchArgs),
+    /// Export batches of spans over OTLP/gRPC to a Vigil; then decode the same exports in
+    /// this process (the baseline).
+    Otlp(otlp::OtlpArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Command::Logs(args) => logs::run_against_vigil(&args),
         Command::LogsBaseline(args) => logs::run_baseline(&args),
         Command::LogsSearch(args) => logs::run_search(&args),
+        Command::Otlp(args) => otlp::run_against_vigil(&args),
     }
 }

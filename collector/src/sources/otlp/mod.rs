@@ -18,6 +18,8 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod naming;
+#[cfg(test)]
+mod proptests;
 pub mod traces;
 
 use std::collections::BTreeMap;
