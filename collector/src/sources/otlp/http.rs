@@ -302,3 +302,78 @@ pub fn router(ingest: OtlpIngest) -> Router {
         .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true))
         .layer(DefaultBodyLimit::max(max_message_bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::otlp::traces::convert_traces;
+
+    /// OTLP/JSON as the specification writes it: upper-case hex IDs, 64-bit integers as
+    /// numbers or strings, enums as integers, unknown keys ignored.
+    #[test]
+    fn otlp_json_of_the_specification_decodes() {
+        let body = r#"{"resourceSpans": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "api"}}]},
+            "scopeSpans": [{
+                "scope": {"name": "lib", "version": "1.0.0", "attributes": []},
+                "spans": [{
+                    "traceId": "5B8EFFF798038103D269B633813FC60C",
+                    "spanId": "EEE19B7EC3C1B174",
+                    "parentSpanId": "",
+                    "name": "GET /",
+                    "startTimeUnixNano": 1544712660000000000,
+                    "endTimeUnixNano": "1544712661000000000",
+                    "kind": 2,
+                    "someFutureField": {"x": 1},
+                    "attributes": [
+                        {"key": "n", "value": {"intValue": 3}},
+                        {"key": "s", "value": {"intValue": "4"}},
+                        {"key": "a", "value": {"arrayValue": {"values": [{"boolValue": true}]}}},
+                        {"key": "b", "value": {"bytesValue": "AAEC"}}
+                    ],
+                    "status": {}
+                }]
+            }]
+        }]}"#;
+        let request: ExportTraceServiceRequest =
+            decode_request(Encoding::Json, body.as_bytes()).unwrap();
+        let converted = convert_traces(&request);
+        assert_eq!(converted.rejections.count, 0);
+        let span = &converted.spans[0];
+        assert_eq!(
+            vigil_model::hex_id(&span.trace_id),
+            "5b8efff798038103d269b633813fc60c"
+        );
+        assert_eq!(span.parent_span_id, None);
+        assert_eq!(span.duration_ns, 1_000_000_000);
+        assert_eq!(span.kind, vigil_model::SpanKind::Server);
+        assert_eq!(span.attributes["n"], json!(3));
+        assert_eq!(span.attributes["s"], json!(4));
+        assert_eq!(span.attributes["a"], json!([true]));
+        assert_eq!(span.attributes["b"], json!("AAEC"));
+
+        let metrics = r#"{"resourceMetrics": [{"scopeMetrics": [{"metrics": [{
+            "name": "h", "unit": "1",
+            "histogram": {"aggregationTemporality": 2, "dataPoints": [{
+                "timeUnixNano": 1544712660300000000, "count": 3, "sum": 3,
+                "bucketCounts": [1, "1", 1], "explicitBounds": [1, 2], "min": 1, "max": 1
+            }]}
+        }]}]}]}"#;
+        let request: ExportMetricsServiceRequest =
+            decode_request(Encoding::Json, metrics.as_bytes()).unwrap();
+        let opentelemetry_proto::tonic::metrics::v1::metric::Data::Histogram(histogram) =
+            request.resource_metrics[0].scope_metrics[0].metrics[0]
+                .data
+                .as_ref()
+                .unwrap()
+        else {
+            panic!("a histogram");
+        };
+        assert_eq!(histogram.data_points[0].bucket_counts, vec![1, 1, 1]);
+
+        let error =
+            decode_request::<ExportLogsServiceRequest>(Encoding::Json, b"{\"resourceLogs\": 1}")
+                .unwrap_err();
+        assert!(matches!(error, ExportError::InvalidArgument(_)));
+    }
+}

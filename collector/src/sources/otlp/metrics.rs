@@ -22,9 +22,10 @@
 //! - summaries: `{quantile="q"}`, `_sum`, `_count`;
 //! - metadata: type, description as help, unit.
 //!
-//! A point without a value, a histogram whose bucket counts do not match its bounds, a sum or
-//! histogram of unspecified temporality, and points past the accumulator's series limit are
-//! rejected; the rest of the request is kept.
+//! A histogram whose bucket counts do not number one more than its bounds is taken as the
+//! exporter takes it: buckets for the bounds that have a count, `+Inf` from the point's count.
+//! A point without a value, a sum or histogram of unspecified temporality, and points past the
+//! accumulator's series limit are rejected; the rest of the request is kept.
 
 use std::collections::{HashMap, HashSet};
 
@@ -352,19 +353,6 @@ impl PointContext<'_> {
     fn histogram_point(&mut self, name: &str, point: &HistogramDataPoint, is_delta: bool) {
         self.converted.points += 1;
         if point.flags & FLAG_NO_RECORDED_VALUE != 0 {
-            return;
-        }
-        if !point.bucket_counts.is_empty()
-            && point.bucket_counts.len() != point.explicit_bounds.len() + 1
-        {
-            self.converted.rejections.reject((
-                "invalid_histogram",
-                format!(
-                    "metric `{name}`: {} bucket counts for {} bounds, expected one more count than bounds",
-                    point.bucket_counts.len(),
-                    point.explicit_bounds.len()
-                ),
-            ));
             return;
         }
         let labels = self.point_labels(name, &point.attributes);
