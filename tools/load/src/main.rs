@@ -17,6 +17,7 @@
 
 mod logs;
 mod otlp;
+mod spans;
 mod statsd;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,10 @@ enum Command {
     /// Export batches of spans over OTLP/gRPC to a Vigil; then decode the same exports in
     /// this process (the baseline).
     Otlp(otlp::OtlpArgs),
+    /// Write realistic spans straight into a span store directory (for query benchmarks).
+    SpansFill(spans::FillArgs),
+    /// Measure trace query latency through Vigil's HTTP API.
+    TraceQueries(spans::QueryArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,5 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::LogsBaseline(args) => logs::run_baseline(&args),
         Command::LogsSearch(args) => logs::run_search(&args),
         Command::Otlp(args) => otlp::run_against_vigil(&args),
+        Command::SpansFill(args) => spans::run_fill(&args),
+        Command::TraceQueries(args) => spans::run_queries(&args),
     }
 }
