@@ -20,6 +20,8 @@ pub mod metrics;
 pub mod naming;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod tests;
 pub mod traces;
 
 use std::collections::BTreeMap;
