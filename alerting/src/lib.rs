@@ -21,6 +21,9 @@ pub mod state;
 pub mod store;
 pub mod template;
 
+#[cfg(test)]
+mod proptests;
+
 use vigil_model::Labels;
 
 /// How alerting evaluates PromQL: an instant query at a time.
