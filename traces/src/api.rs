@@ -580,6 +580,28 @@ async fn correlate_inner(state: ApiState, id: String) -> Result<Value, ApiError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn query_parameter_parsers_never_panic(text in "\\PC{0,40}", bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let lossy = String::from_utf8_lossy(&bytes).to_string();
+            for input in [text.as_str(), lossy.as_str()] {
+                let _ = parse_duration_ns(input);
+                let _ = parse_tags(input);
+                let _ = parse_trace_id(input);
+                let _ = parse_time_ns(input);
+            }
+        }
+
+        #[test]
+        fn go_durations_read_back(millis in 0u32..10_000_000) {
+            let text = format!("{}ms", millis);
+            prop_assert_eq!(parse_duration_ns(&text), Some(i64::from(millis) * 1_000_000));
+            let seconds = format!("{}.{:03}s", millis / 1_000, millis % 1_000);
+            prop_assert_eq!(parse_duration_ns(&seconds), Some(i64::from(millis) * 1_000_000));
+        }
+    }
 
     #[test]
     fn go_and_prometheus_durations() {

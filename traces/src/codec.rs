@@ -3,6 +3,7 @@
 //! carry `serde_json::Value` (it is self-describing), so they travel as [`StoredValue`].
 //! Resource attribute sets repeat across the spans of a batch and are stored once per chunk.
 
+use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 use vigil_model::{Span, SpanEvent, SpanKind, SpanLink, StatusCode};
@@ -28,7 +29,7 @@ pub enum DecodeError {
 }
 
 /// A JSON value in a form postcard can carry.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 enum StoredValue {
     Null,
     Bool(bool),
@@ -41,25 +42,6 @@ enum StoredValue {
 }
 
 impl StoredValue {
-    fn from_json(value: &Value) -> StoredValue {
-        match value {
-            Value::Null => StoredValue::Null,
-            Value::Bool(flag) => StoredValue::Bool(*flag),
-            Value::Number(number) => {
-                if let Some(signed) = number.as_i64() {
-                    StoredValue::Signed(signed)
-                } else if let Some(unsigned) = number.as_u64() {
-                    StoredValue::Unsigned(unsigned)
-                } else {
-                    StoredValue::Float(number.as_f64().unwrap_or(f64::NAN))
-                }
-            }
-            Value::String(text) => StoredValue::Text(text.clone()),
-            Value::Array(items) => StoredValue::Array(items.iter().map(Self::from_json).collect()),
-            Value::Object(map) => StoredValue::Object(object_to_stored(map)),
-        }
-    }
-
     fn into_json(self) -> Value {
         match self {
             StoredValue::Null => Value::Null,
@@ -77,12 +59,6 @@ impl StoredValue {
     }
 }
 
-fn object_to_stored(map: &Map<String, Value>) -> Vec<(String, StoredValue)> {
-    map.iter()
-        .map(|(key, value)| (key.clone(), StoredValue::from_json(value)))
-        .collect()
-}
-
 fn stored_to_object(pairs: Vec<(String, StoredValue)>) -> Map<String, Value> {
     pairs
         .into_iter()
@@ -90,21 +66,21 @@ fn stored_to_object(pairs: Vec<(String, StoredValue)>) -> Map<String, Value> {
         .collect()
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct StoredEvent {
     time_unix_nano: i64,
     name: String,
     attributes: Vec<(String, StoredValue)>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct StoredLink {
     trace_id: [u8; 16],
     span_id: [u8; 8],
     attributes: Vec<(String, StoredValue)>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct StoredSpan {
     span_id: [u8; 8],
     parent_span_id: Option<[u8; 8]>,
@@ -122,7 +98,7 @@ struct StoredSpan {
     links: Vec<StoredLink>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct StoredChunk {
     trace_id: [u8; 16],
     resources: Vec<Vec<(String, StoredValue)>>,
@@ -165,10 +141,113 @@ fn status_from_code(code: u8) -> StatusCode {
     }
 }
 
+/// Serializes a JSON value exactly as the [`StoredValue`] built from it would be, without
+/// copying it (the write path encodes every attribute once).
+struct JsonAsStored<'a>(&'a Value);
+
+impl Serialize for JsonAsStored<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const NAME: &str = "StoredValue";
+        match self.0 {
+            Value::Null => serializer.serialize_unit_variant(NAME, 0, "Null"),
+            Value::Bool(flag) => serializer.serialize_newtype_variant(NAME, 1, "Bool", flag),
+            Value::Number(number) => {
+                if let Some(signed) = number.as_i64() {
+                    serializer.serialize_newtype_variant(NAME, 2, "Signed", &signed)
+                } else if let Some(unsigned) = number.as_u64() {
+                    serializer.serialize_newtype_variant(NAME, 3, "Unsigned", &unsigned)
+                } else {
+                    let float = number.as_f64().unwrap_or(f64::NAN);
+                    serializer.serialize_newtype_variant(NAME, 4, "Float", &float)
+                }
+            }
+            Value::String(text) => {
+                serializer.serialize_newtype_variant(NAME, 5, "Text", text.as_str())
+            }
+            Value::Array(items) => {
+                serializer.serialize_newtype_variant(NAME, 6, "Array", &ArrayAsStored(items))
+            }
+            Value::Object(map) => {
+                serializer.serialize_newtype_variant(NAME, 7, "Object", &ObjectAsStored(map))
+            }
+        }
+    }
+}
+
+struct ArrayAsStored<'a>(&'a [Value]);
+
+impl Serialize for ArrayAsStored<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut sequence = serializer.serialize_seq(Some(self.0.len()))?;
+        for item in self.0 {
+            sequence.serialize_element(&JsonAsStored(item))?;
+        }
+        sequence.end()
+    }
+}
+
+/// A JSON object as `Vec<(String, StoredValue)>` is serialized.
+struct ObjectAsStored<'a>(&'a Map<String, Value>);
+
+impl Serialize for ObjectAsStored<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut sequence = serializer.serialize_seq(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            sequence.serialize_element(&(key.as_str(), JsonAsStored(value)))?;
+        }
+        sequence.end()
+    }
+}
+
+/// [`StoredEvent`], borrowed.
+#[derive(Serialize)]
+struct EventRef<'a> {
+    time_unix_nano: i64,
+    name: &'a str,
+    attributes: ObjectAsStored<'a>,
+}
+
+/// [`StoredLink`], borrowed.
+#[derive(Serialize)]
+struct LinkRef<'a> {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    attributes: ObjectAsStored<'a>,
+}
+
+/// [`StoredSpan`], borrowed: the same fields in the same order.
+#[derive(Serialize)]
+struct SpanRef<'a> {
+    span_id: [u8; 8],
+    parent_span_id: Option<[u8; 8]>,
+    service: &'a str,
+    name: &'a str,
+    kind: u8,
+    start_unix_nano: i64,
+    duration_ns: i64,
+    status: u8,
+    status_message: &'a str,
+    attributes: ObjectAsStored<'a>,
+    resource: u32,
+    events: Vec<EventRef<'a>>,
+    links: Vec<LinkRef<'a>>,
+}
+
+/// [`StoredChunk`], borrowed.
+#[derive(Serialize)]
+struct ChunkRef<'a> {
+    trace_id: [u8; 16],
+    resources: Vec<ObjectAsStored<'a>>,
+    spans: Vec<SpanRef<'a>>,
+}
+
 /// Encodes spans of one trace (all with `trace_id`) into a chunk.
+///
+/// # Errors
+/// postcard's error (it does not fail on these types in practice).
 pub fn encode_chunk(trace_id: [u8; 16], spans: &[&Span]) -> Result<Vec<u8>, postcard::Error> {
     let mut resources: Vec<&Map<String, Value>> = Vec::new();
-    let mut stored_spans = Vec::with_capacity(spans.len());
+    let mut span_refs = Vec::with_capacity(spans.len());
     for span in spans {
         debug_assert_eq!(span.trace_id, trace_id);
         let resource_index = match resources
@@ -181,46 +260,46 @@ pub fn encode_chunk(trace_id: [u8; 16], spans: &[&Span]) -> Result<Vec<u8>, post
                 resources.len() - 1
             }
         };
-        stored_spans.push(StoredSpan {
+        span_refs.push(SpanRef {
             span_id: span.span_id,
             parent_span_id: span.parent_span_id,
-            service: span.service.clone(),
-            name: span.name.clone(),
+            service: &span.service,
+            name: &span.name,
             kind: kind_code(span.kind),
             start_unix_nano: span.start_unix_nano,
             duration_ns: span.duration_ns,
             status: status_code(span.status),
-            status_message: span.status_message.clone(),
-            attributes: object_to_stored(&span.attributes),
+            status_message: &span.status_message,
+            attributes: ObjectAsStored(&span.attributes),
             resource: u32::try_from(resource_index).unwrap_or(u32::MAX),
             events: span
                 .events
                 .iter()
-                .map(|event| StoredEvent {
+                .map(|event| EventRef {
                     time_unix_nano: event.time_unix_nano,
-                    name: event.name.clone(),
-                    attributes: object_to_stored(&event.attributes),
+                    name: &event.name,
+                    attributes: ObjectAsStored(&event.attributes),
                 })
                 .collect(),
             links: span
                 .links
                 .iter()
-                .map(|link| StoredLink {
+                .map(|link| LinkRef {
                     trace_id: link.trace_id,
                     span_id: link.span_id,
-                    attributes: object_to_stored(&link.attributes),
+                    attributes: ObjectAsStored(&link.attributes),
                 })
                 .collect(),
         });
     }
-    let chunk = StoredChunk {
+    let chunk = ChunkRef {
         trace_id,
-        resources: resources.into_iter().map(object_to_stored).collect(),
-        spans: stored_spans,
+        resources: resources.into_iter().map(ObjectAsStored).collect(),
+        spans: span_refs,
     };
-    let mut bytes = vec![CHUNK_FORMAT];
-    bytes.extend_from_slice(&postcard::to_allocvec(&chunk)?);
-    Ok(bytes)
+    let mut bytes = Vec::with_capacity(256 * spans.len());
+    bytes.push(CHUNK_FORMAT);
+    postcard::to_extend(&chunk, bytes)
 }
 
 /// Decodes a chunk into its spans, in the order written.
