@@ -28,6 +28,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(request) = decode_request::<ExportMetricsServiceRequest>(Encoding::Protobuf, data) {
         let mut state = MetricsState::new(1_000);
         let _ = convert_metrics(&request, &mut state, 0);
+        state.commit();
         let _ = convert_metrics(&request, &mut state, 0);
+        state.rollback();
     }
 });

@@ -27,6 +27,7 @@
 //! A point without a value, a sum or histogram of unspecified temporality, and points past the
 //! accumulator's series limit are rejected; the rest of the request is kept.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -52,14 +53,21 @@ const IDENTIFYING_ATTRIBUTES: [&str; 3] =
     ["service.name", "service.namespace", "service.instance.id"];
 
 /// What delta accumulation and cumulative exponential histograms remember per series.
+///
+/// A conversion records its changes as pending; the caller makes them stick with
+/// [`MetricsState::commit`] once the batch is written, or drops them with
+/// [`MetricsState::rollback`] when it was not, so a client's retry of a refused delta export
+/// is not counted twice.
 #[derive(Debug)]
 pub struct MetricsState {
     series: HashMap<Labels, Remembered>,
+    pending: HashMap<Labels, Remembered>,
     announced_families: HashSet<String>,
+    pending_families: Vec<String>,
     max_series: usize,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Remembered {
     /// The cumulative total of a delta sum.
     Sum(f64),
@@ -93,8 +101,37 @@ impl MetricsState {
     pub fn new(max_series: usize) -> Self {
         MetricsState {
             series: HashMap::new(),
+            pending: HashMap::new(),
             announced_families: HashSet::new(),
+            pending_families: Vec::new(),
             max_series,
+        }
+    }
+
+    /// Keeps the changes of the conversions since the last commit or rollback.
+    pub fn commit(&mut self) {
+        self.series.extend(self.pending.drain());
+        self.announced_families
+            .extend(self.pending_families.drain(..));
+    }
+
+    /// Forgets the changes of the conversions since the last commit or rollback.
+    pub fn rollback(&mut self) {
+        self.pending.clear();
+        self.pending_families.clear();
+    }
+
+    /// Returns the pending state of `labels`, starting from the committed one or `initial`.
+    fn remembered_mut(
+        &mut self,
+        labels: &Labels,
+        initial: impl FnOnce() -> Remembered,
+    ) -> &mut Remembered {
+        match self.pending.entry(labels.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                entry.insert(self.series.get(labels).cloned().unwrap_or_else(initial))
+            }
         }
     }
 
@@ -104,7 +141,9 @@ impl MetricsState {
     }
 
     fn has_room_for(&self, labels: &Labels) -> bool {
-        self.series.len() < self.max_series || self.series.contains_key(labels)
+        self.series.len() + self.pending.len() < self.max_series
+            || self.series.contains_key(labels)
+            || self.pending.contains_key(labels)
     }
 }
 
@@ -329,11 +368,7 @@ impl PointContext<'_> {
                 self.reject_series_limit(name);
                 return;
             }
-            let remembered = self
-                .state
-                .series
-                .entry(labels.clone())
-                .or_insert(Remembered::Sum(0.0));
+            let remembered = self.state.remembered_mut(&labels, || Remembered::Sum(0.0));
             match remembered {
                 Remembered::Sum(total) => {
                     *total += value;
@@ -366,16 +401,14 @@ impl PointContext<'_> {
                 self.reject_series_limit(name);
                 return;
             }
-            let remembered =
-                self.state
-                    .series
-                    .entry(labels.clone())
-                    .or_insert_with(|| Remembered::Histogram {
-                        bounds: bounds.clone(),
-                        counts: vec![0; counts.len()],
-                        sum: 0.0,
-                        count: 0,
-                    });
+            let remembered = self
+                .state
+                .remembered_mut(&labels, || Remembered::Histogram {
+                    bounds: bounds.clone(),
+                    counts: vec![0; counts.len()],
+                    sum: 0.0,
+                    count: 0,
+                });
             match remembered {
                 Remembered::Histogram {
                     bounds: total_bounds,
@@ -448,15 +481,13 @@ impl PointContext<'_> {
             negative: absolute_buckets(point.negative.as_ref()),
         };
         let point_sum = point.sum.unwrap_or(0.0);
-        let remembered =
-            self.state
-                .series
-                .entry(labels.clone())
-                .or_insert(Remembered::Exponential {
-                    sum: 0.0,
-                    count: 0,
-                    previous: None,
-                });
+        let remembered = self
+            .state
+            .remembered_mut(&labels, || Remembered::Exponential {
+                sum: 0.0,
+                count: 0,
+                previous: None,
+            });
         if !matches!(remembered, Remembered::Exponential { .. }) {
             *remembered = Remembered::Exponential {
                 sum: 0.0,
@@ -561,11 +592,13 @@ fn announce(
     help: &str,
     unit: &str,
 ) {
-    if state.announced_families.contains(name) || state.announced_families.len() >= state.max_series
+    if state.announced_families.contains(name)
+        || state.pending_families.iter().any(|family| family == name)
+        || state.announced_families.len() >= state.max_series
     {
         return;
     }
-    state.announced_families.insert(name.to_string());
+    state.pending_families.push(name.to_string());
     batch.metadata.push(MetricMetadata {
         metric_name: name.to_string(),
         metric_type,

@@ -260,39 +260,45 @@ impl OtlpIngest {
         let telemetry = self.telemetry.clone();
         let state = self.metrics_state.clone();
         self.on_blocking_thread(protocol, move || {
-            let mut converted = {
-                let mut state = state.lock();
-                metrics::convert_metrics(&request, &mut state, crate::http::now_ms())
-            };
+            // The state stays locked until the write's outcome is known, so delta totals and
+            // exponential-histogram buckets move only with what the store acknowledged.
+            let mut state = state.lock();
+            let mut converted =
+                metrics::convert_metrics(&request, &mut state, crate::http::now_ms());
             count_items(
                 &telemetry,
                 protocol,
                 converted.points,
                 &converted.rejections,
             );
-            if !converted.batch.is_empty() {
-                let sample_count = converted.batch.sample_count() as u64;
-                match sink.write(converted.batch) {
-                    Ok(()) => {}
-                    Err(SinkError::LimitExceeded { rejected, reason }) => {
-                        telemetry
-                            .ingest_rejected(protocol, "series_limit")
-                            .add(rejected as u64);
-                        converted.rejections.reject((
-                            "series_limit",
-                            format!("{rejected} series rejected: {reason}"),
-                        ));
-                        converted.rejections.count += (rejected as u64).saturating_sub(1);
-                    }
-                    Err(SinkError::Overloaded) => {
-                        telemetry
-                            .ingest_dropped(protocol, "overloaded")
-                            .add(sample_count);
-                        return Err(ExportError::Unavailable(SinkError::Overloaded.to_string()));
-                    }
-                    Err(error @ SinkError::Storage(_)) => {
-                        return Err(ExportError::Unavailable(error.to_string()))
-                    }
+            if converted.batch.is_empty() {
+                state.commit();
+                return Ok(outcome(&converted.rejections));
+            }
+            let sample_count = converted.batch.sample_count() as u64;
+            match sink.write(converted.batch) {
+                Ok(()) => state.commit(),
+                Err(SinkError::LimitExceeded { rejected, reason }) => {
+                    state.commit();
+                    telemetry
+                        .ingest_rejected(protocol, "series_limit")
+                        .add(rejected as u64);
+                    converted.rejections.reject((
+                        "series_limit",
+                        format!("{rejected} series rejected: {reason}"),
+                    ));
+                    converted.rejections.count += (rejected as u64).saturating_sub(1);
+                }
+                Err(SinkError::Overloaded) => {
+                    state.rollback();
+                    telemetry
+                        .ingest_dropped(protocol, "overloaded")
+                        .add(sample_count);
+                    return Err(ExportError::Unavailable(SinkError::Overloaded.to_string()));
+                }
+                Err(error @ SinkError::Storage(_)) => {
+                    state.rollback();
+                    return Err(ExportError::Unavailable(error.to_string()));
                 }
             }
             Ok(outcome(&converted.rejections))

@@ -26,8 +26,10 @@ fn decode_everything(encoding: Encoding, bytes: &[u8]) {
     if let Ok(request) = decode_request::<ExportMetricsServiceRequest>(encoding, bytes) {
         let mut state = MetricsState::new(1_000);
         let _ = convert_metrics(&request, &mut state, 0);
+        state.commit();
         // A second export exercises the delta and cumulative memory.
         let _ = convert_metrics(&request, &mut state, 0);
+        state.rollback();
     }
 }
 

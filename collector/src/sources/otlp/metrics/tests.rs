@@ -143,6 +143,7 @@ fn delta_sums_accumulate() {
             &mut state,
             0,
         );
+        state.commit();
         totals.push(value_of(&converted.batch, "jobs_total", &[]).unwrap());
     }
     assert_eq!(totals, vec![3.0, 7.0, 12.0]);
@@ -301,6 +302,7 @@ fn delta_histograms_accumulate() {
         ..Metric::default()
     };
     convert_metrics(&request(vec![metric.clone()]), &mut state, 0);
+    state.commit();
     let converted = convert_metrics(&request(vec![metric]), &mut state, 0);
     let bucket = "latency_milliseconds_bucket";
     assert_eq!(
@@ -436,4 +438,25 @@ fn colliding_attribute_names_are_joined() {
     let mut labels = Labels::empty();
     add_attribute_labels(&mut labels, &[string_kv("a.b", "1"), string_kv("a_b", "2")]);
     assert_eq!(labels.get("a_b"), Some("1;2"));
+}
+
+#[test]
+fn a_rolled_back_delta_is_not_counted_twice_on_retry() {
+    let mut state = MetricsState::new(100);
+    let delta = |value| {
+        request(vec![sum_metric(
+            "jobs",
+            "",
+            AggregationTemporality::Delta,
+            value,
+        )])
+    };
+    convert_metrics(&delta(3.0), &mut state, 0);
+    state.commit();
+    // The store refused this export; the client retries it.
+    convert_metrics(&delta(4.0), &mut state, 0);
+    state.rollback();
+    let retried = convert_metrics(&delta(4.0), &mut state, 0);
+    state.commit();
+    assert_eq!(value_of(&retried.batch, "jobs_total", &[]), Some(7.0));
 }
