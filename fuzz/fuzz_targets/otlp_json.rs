@@ -14,7 +14,7 @@ use vigil_collector::sources::otlp::{logs, traces};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = decode_request::<ExportTraceServiceRequest>(Encoding::Json, data) {
-        let _ = traces::convert_traces(&request);
+        let _ = traces::convert_traces(request);
     }
     if let Ok(request) = decode_request::<ExportLogsServiceRequest>(Encoding::Json, data) {
         let _ = logs::convert_logs(&request, 0, &NormalizeOptions::default());

@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
         let again = ExportTraceServiceRequest::decode(request.encode_to_vec().as_slice())
             .expect("re-encoded request decodes");
         assert_eq!(again, request);
-        let converted = traces::convert_traces(&request);
+        let converted = traces::convert_traces(request);
         assert!(converted.spans.iter().all(|span| span.duration_ns >= 0));
     }
     if let Ok(request) = decode_request::<ExportLogsServiceRequest>(Encoding::Protobuf, data) {

@@ -387,12 +387,19 @@ pub fn run_against_vigil(args: &OtlpArgs) -> anyhow::Result<()> {
     }
     let ingest_median = median(&mut rates);
     let mut baseline = Vec::new();
+    let mut prost_only = Vec::new();
     for run in 0..args.runs.max(1) {
-        baseline.push(decode_only(args, run));
+        let (decode_and_convert, decode) = decode_only(args, run);
+        println!(
+            "baseline_run={run} decode_convert_spans_per_s={decode_and_convert:.0} prost_decode_spans_per_s={decode:.0}"
+        );
+        baseline.push(decode_and_convert);
+        prost_only.push(decode);
     }
     let baseline_median = median(&mut baseline);
+    let prost_median = median(&mut prost_only);
     println!(
-        "otlp_grpc_ingest_spans_per_s_median={ingest_median:.0} decode_only_spans_per_s_median={baseline_median:.0} ratio={:.3} runs={} batch_spans={} concurrency={}",
+        "otlp_grpc_ingest_spans_per_s_median={ingest_median:.0} decode_only_spans_per_s_median={baseline_median:.0} prost_decode_spans_per_s_median={prost_median:.0} ratio={:.3} runs={} batch_spans={} concurrency={}",
         ingest_median / baseline_median.max(1.0),
         args.runs,
         args.batch_spans,
@@ -402,27 +409,37 @@ pub fn run_against_vigil(args: &OtlpArgs) -> anyhow::Result<()> {
 }
 
 /// The decode-only baseline: the same encoded exports decoded with prost and converted to
-/// Vigil's spans on this thread; returns spans per second.
-fn decode_only(args: &OtlpArgs, run: usize) -> f64 {
+/// Vigil's spans on this thread; returns spans per second of decode + conversion, and of the
+/// prost decode alone.
+fn decode_only(args: &OtlpArgs, run: usize) -> (f64, f64) {
     let mut ids = Ids(0x2545_f491_4f6c_dd1d ^ ((run as u64) << 32) | 1);
     let encoded: Vec<Vec<u8>> = (0..32)
         .map(|index| build_request(&mut ids, index, args.batch_spans, now_ns()).encode_to_vec())
         .collect();
-    let started = Instant::now();
-    let mut spans = 0u64;
-    let mut index = 0;
-    while started.elapsed() < args.duration.min(Duration::from_secs(10)) && spans < args.max_spans {
-        let Ok(request) =
-            ExportTraceServiceRequest::decode(encoded[index % encoded.len()].as_slice())
-        else {
-            break;
-        };
-        let converted = convert_traces(&request);
-        spans += converted.spans.len() as u64;
-        std::hint::black_box(converted);
-        index += 1;
-    }
-    spans as f64 / started.elapsed().as_secs_f64()
+    let budget = args.duration.min(Duration::from_secs(10)) / 2;
+    let measure = |convert: bool| {
+        let started = Instant::now();
+        let mut spans = 0u64;
+        let mut index = 0;
+        while started.elapsed() < budget && spans < args.max_spans {
+            let Ok(request) =
+                ExportTraceServiceRequest::decode(encoded[index % encoded.len()].as_slice())
+            else {
+                break;
+            };
+            if convert {
+                let converted = convert_traces(request);
+                spans += converted.spans.len() as u64;
+                std::hint::black_box(converted);
+            } else {
+                spans += request.resource_spans[0].scope_spans[0].spans.len() as u64;
+                std::hint::black_box(request);
+            }
+            index += 1;
+        }
+        spans as f64 / started.elapsed().as_secs_f64()
+    };
+    (measure(true), measure(false))
 }
 
 #[cfg(test)]
@@ -446,7 +463,7 @@ mod tests {
             .iter()
             .all(|span| (12..=20).contains(&span.attributes.len())));
         assert!(spans.iter().any(|span| !span.events.is_empty()));
-        let converted = convert_traces(&request);
+        let converted = convert_traces(request);
         assert_eq!(converted.spans.len(), 512);
         assert_eq!(converted.rejections.count, 0);
         assert_eq!(converted.spans[0].service, "orders");

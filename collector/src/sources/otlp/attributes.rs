@@ -24,6 +24,39 @@ pub fn attributes_to_json(attributes: &[KeyValue]) -> Map<String, Value> {
     key_values(attributes, 0)
 }
 
+/// Returns the attributes as a JSON object, taking their keys and values without copying.
+pub fn attributes_into_json(attributes: Vec<KeyValue>) -> Map<String, Value> {
+    owned_key_values(attributes, 0)
+}
+
+fn owned_key_values(attributes: Vec<KeyValue>, depth: usize) -> Map<String, Value> {
+    let mut object = Map::new();
+    for attribute in attributes {
+        let value = attribute
+            .value
+            .map_or(Value::Null, |value| owned_value(value.value, depth));
+        object.insert(attribute.key, value);
+    }
+    object
+}
+
+fn owned_value(value: Option<OtlpValue>, depth: usize) -> Value {
+    match value {
+        Some(OtlpValue::StringValue(text)) => Value::String(text),
+        Some(OtlpValue::ArrayValue(array)) if depth < MAX_DEPTH => Value::Array(
+            array
+                .values
+                .into_iter()
+                .map(|item| owned_value(item.value, depth + 1))
+                .collect(),
+        ),
+        Some(OtlpValue::KvlistValue(list)) if depth < MAX_DEPTH => {
+            Value::Object(owned_key_values(list.values, depth + 1))
+        }
+        other => one_value(other.as_ref(), depth),
+    }
+}
+
 /// Returns the value of the string attribute `key`, if present and non-empty.
 pub fn string_attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
     attributes.iter().rev().find_map(|attribute| {
@@ -153,6 +186,10 @@ mod tests {
                 "s": "text", "b": true, "i": -7, "d": 1.5, "nan": "NaN", "inf": "-Infinity",
                 "bytes": "AAEC", "array": [1], "map": {"k": "v"}, "empty": null,
             })
+        );
+        assert_eq!(
+            attributes_into_json(attributes.clone()),
+            attributes_to_json(&attributes)
         );
         assert_eq!(string_attribute(&attributes, "s"), Some("text"));
         assert_eq!(string_attribute(&attributes, "b"), None);

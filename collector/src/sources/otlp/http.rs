@@ -337,7 +337,7 @@ mod tests {
         }]}"#;
         let request: ExportTraceServiceRequest =
             decode_request(Encoding::Json, body.as_bytes()).unwrap();
-        let converted = convert_traces(&request);
+        let converted = convert_traces(request);
         assert_eq!(converted.rejections.count, 0);
         let span = &converted.spans[0];
         assert_eq!(

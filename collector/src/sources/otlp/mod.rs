@@ -182,7 +182,7 @@ impl OtlpIngest {
         let sink = self.spans.clone();
         let telemetry = self.telemetry.clone();
         self.on_blocking_thread(protocol, move || {
-            let converted = traces::convert_traces(&request);
+            let converted = traces::convert_traces(request);
             count_items(
                 &telemetry,
                 protocol,

@@ -17,7 +17,7 @@ use crate::sources::json_logs::normalize::NormalizeOptions;
 /// Decodes `bytes` as every signal in `encoding` and converts what decodes.
 fn decode_everything(encoding: Encoding, bytes: &[u8]) {
     if let Ok(request) = decode_request::<ExportTraceServiceRequest>(encoding, bytes) {
-        let converted = traces::convert_traces(&request);
+        let converted = traces::convert_traces(request);
         assert!(converted.spans.iter().all(|span| span.duration_ns >= 0));
     }
     if let Ok(request) = decode_request::<ExportLogsServiceRequest>(encoding, bytes) {
@@ -152,7 +152,7 @@ proptest! {
         let decoded: ExportTraceServiceRequest =
             decode_request(Encoding::Protobuf, &bytes).unwrap();
         prop_assert_eq!(&decoded, &request);
-        let converted = traces::convert_traces(&decoded);
+        let converted = traces::convert_traces(decoded);
         let valid = trace_id.len() == 16 && trace_id.iter().any(|byte| *byte != 0)
             && span_id.len() == 8 && span_id.iter().any(|byte| *byte != 0);
         prop_assert_eq!(converted.spans.len() + converted.rejections.count as usize, 1);

@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use serde_json::Value;
 use vigil_model::{Span, SpanEvent, SpanKind, SpanLink, StatusCode};
 
-use super::attributes::{attributes_to_json, string_attribute};
+use super::attributes::{attributes_into_json, attributes_to_json, string_attribute};
 use super::Rejections;
 
 /// `service.name` when the resource has none, as the OpenTelemetry SDKs default it.
@@ -26,10 +26,10 @@ pub struct ConvertedSpans {
     pub rejections: Rejections,
 }
 
-/// Converts every span of the request.
-pub fn convert_traces(request: &ExportTraceServiceRequest) -> ConvertedSpans {
+/// Converts every span of the request, taking its strings without copying them.
+pub fn convert_traces(request: ExportTraceServiceRequest) -> ConvertedSpans {
     let mut converted = ConvertedSpans::default();
-    for resource_spans in &request.resource_spans {
+    for resource_spans in request.resource_spans {
         let resource_attributes = resource_spans
             .resource
             .as_ref()
@@ -39,9 +39,9 @@ pub fn convert_traces(request: &ExportTraceServiceRequest) -> ConvertedSpans {
             .unwrap_or(UNKNOWN_SERVICE)
             .to_string();
         let resource = attributes_to_json(resource_attributes);
-        for scope_spans in &resource_spans.scope_spans {
+        for scope_spans in resource_spans.scope_spans {
             let scope = scope_spans.scope.as_ref();
-            for otlp_span in &scope_spans.spans {
+            for otlp_span in scope_spans.spans {
                 match convert_span(otlp_span, &service, &resource) {
                     Ok(mut span) => {
                         if let Some(scope) = scope {
@@ -68,7 +68,7 @@ pub fn convert_traces(request: &ExportTraceServiceRequest) -> ConvertedSpans {
 
 /// Why a span was rejected; the text goes into `partial_success.error_message`.
 pub(crate) fn convert_span(
-    otlp: &OtlpSpan,
+    otlp: OtlpSpan,
     service: &str,
     resource: &serde_json::Map<String, Value>,
 ) -> Result<Span, (&'static str, String)> {
@@ -107,43 +107,42 @@ pub(crate) fn convert_span(
     };
     let start_unix_nano = nanos_to_i64(otlp.start_time_unix_nano);
     let end_unix_nano = nanos_to_i64(otlp.end_time_unix_nano);
-    let status = otlp.status.as_ref();
     let events = otlp
         .events
-        .iter()
+        .into_iter()
         .map(|event| SpanEvent {
             time_unix_nano: nanos_to_i64(event.time_unix_nano),
-            name: event.name.clone(),
-            attributes: attributes_to_json(&event.attributes),
+            name: event.name,
+            attributes: attributes_into_json(event.attributes),
         })
         .collect();
     let links = otlp
         .links
-        .iter()
+        .into_iter()
         .filter_map(|link| {
             Some(SpanLink {
                 trace_id: valid_id::<16>(&link.trace_id)?,
                 span_id: valid_id::<8>(&link.span_id)?,
-                attributes: attributes_to_json(&link.attributes),
+                attributes: attributes_into_json(link.attributes),
             })
         })
         .collect();
+    let (status, status_message) = match otlp.status {
+        Some(status) => (StatusCode::from_otlp(status.code), status.message),
+        None => (StatusCode::Unset, String::new()),
+    };
     Ok(Span {
         trace_id,
         span_id,
         parent_span_id,
         service: service.to_string(),
-        name: otlp.name.clone(),
+        name: otlp.name,
         kind: SpanKind::from_otlp(otlp.kind),
         start_unix_nano,
         duration_ns: end_unix_nano.saturating_sub(start_unix_nano).max(0),
-        status: status.map_or(StatusCode::Unset, |status| {
-            StatusCode::from_otlp(status.code)
-        }),
-        status_message: status
-            .map(|status| status.message.clone())
-            .unwrap_or_default(),
-        attributes: attributes_to_json(&otlp.attributes),
+        status,
+        status_message,
+        attributes: attributes_into_json(otlp.attributes),
         resource: resource.clone(),
         events,
         links,
@@ -238,7 +237,7 @@ mod tests {
 
     #[test]
     fn a_span_keeps_every_field() {
-        let converted = convert_traces(&request(Some("orders"), vec![good_span()]));
+        let converted = convert_traces(request(Some("orders"), vec![good_span()]));
         assert_eq!(converted.rejections.count, 0);
         let span = &converted.spans[0];
         assert_eq!(span.trace_id, [0x5b; 16]);
@@ -258,7 +257,7 @@ mod tests {
 
     #[test]
     fn missing_service_name_is_unknown_service() {
-        let converted = convert_traces(&request(None, vec![good_span()]));
+        let converted = convert_traces(request(None, vec![good_span()]));
         assert_eq!(converted.spans[0].service, UNKNOWN_SERVICE);
     }
 
@@ -272,7 +271,7 @@ mod tests {
         bad_parent.parent_span_id = vec![1; 3];
         let mut child = good_span();
         child.parent_span_id = vec![9; 8];
-        let converted = convert_traces(&request(
+        let converted = convert_traces(request(
             Some("orders"),
             vec![short_trace, zero_span, good_span(), bad_parent, child],
         ));
@@ -289,7 +288,7 @@ mod tests {
     fn end_before_start_is_a_zero_duration() {
         let mut span = good_span();
         span.end_time_unix_nano = 1;
-        let converted = convert_traces(&request(Some("orders"), vec![span]));
+        let converted = convert_traces(request(Some("orders"), vec![span]));
         assert_eq!(converted.spans[0].duration_ns, 0);
     }
 }
