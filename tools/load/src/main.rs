@@ -15,6 +15,7 @@
 //! lines and sends to it with the same generator, so the baseline comes from the same run.
 //! Both print one `key=value` summary line.
 
+mod demo;
 mod logs;
 mod otlp;
 mod spans;
@@ -49,6 +50,8 @@ enum Command {
     SpansFill(spans::FillArgs),
     /// Measure trace query latency through Vigil's HTTP API.
     TraceQueries(spans::QueryArgs),
+    /// Send a small fleet's metrics, traces and logs to a local Vigil, for a demo.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,5 +65,6 @@ fn main() -> anyhow::Result<()> {
         Command::Otlp(args) => otlp::run_against_vigil(&args),
         Command::SpansFill(args) => spans::run_fill(&args),
         Command::TraceQueries(args) => spans::run_queries(&args),
+        Command::Demo(args) => demo::run(&args),
     }
 }
