@@ -415,11 +415,21 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: &DemoArgs) -> anyhow::Result<()> {
     let endpoint = format!("http://{}", args.otlp);
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
-        .context("bad OTLP address")?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach Vigil's OTLP/gRPC port at {endpoint}"))?;
+    let target =
+        tonic::transport::Endpoint::from_shared(endpoint.clone()).context("bad OTLP address")?;
+    // Vigil may still be starting (the README starts both at once): wait for its port.
+    let patience = Instant::now();
+    let channel = loop {
+        match target.connect().await {
+            Ok(channel) => break channel,
+            Err(_) if patience.elapsed() < Duration::from_secs(60) => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => {
+                bail!("cannot reach Vigil's OTLP/gRPC port at {endpoint}: {error}")
+            }
+        }
+    };
     let mut traces = TraceServiceClient::new(channel.clone());
     let mut logs = LogsServiceClient::new(channel);
     let statsd = UdpSocket::bind("127.0.0.1:0").context("cannot open a UDP socket")?;
@@ -435,8 +445,14 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<()> {
          market fails 15% of its calls in the second half of every {:?}",
         args.rate, args.duration, args.cycle
     );
+    let mut failed_ticks = 0u32;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     while started.elapsed() < args.duration {
-        interval.tick().await;
+        tokio::select! {
+            _ = &mut interrupted => break,
+            _ = interval.tick() => {}
+        }
         let cycle_position = started.elapsed().as_secs_f64() % args.cycle.as_secs_f64().max(1.0);
         let failing = cycle_position >= args.cycle.as_secs_f64() / 2.0;
         let market_error_ratio = if failing { 0.15 } else { 0.005 };
@@ -463,14 +479,21 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<()> {
             // UDP to a loopback port that may not listen yet: a lost datagram is fine here.
             let _ = statsd.send_to(datagram.as_bytes(), args.statsd);
         }
-        if let Err(status) = traces.export(trace_export(&requests)).await {
-            eprintln!(
-                "vigil-load demo: trace export refused: {}",
-                status.message()
-            );
-        }
-        if let Err(status) = logs.export(log_export(&requests)).await {
-            eprintln!("vigil-load demo: log export refused: {}", status.message());
+        let traced = traces.export(trace_export(&requests)).await;
+        let logged = logs.export(log_export(&requests)).await;
+        match traced.and(logged) {
+            Ok(_) => failed_ticks = 0,
+            Err(status) => {
+                failed_ticks += 1;
+                if failed_ticks == 1 {
+                    eprintln!("vigil-load demo: export refused: {}", status.message());
+                }
+                // Ten seconds of refusals: Vigil has stopped.
+                if failed_ticks >= 20 {
+                    bail!("Vigil refused every export for 10 s: {}", status.message());
+                }
+                continue;
+            }
         }
         sent_requests += requests.len() as u64;
         if last_report.elapsed() >= Duration::from_secs(30) {
