@@ -1,10 +1,11 @@
 # Vigil in a container: one binary, its data in /data.
 #   docker build -t vigil .
-#   docker run -p 7080:7080 -p 8125:8125/udp -v vigil-data:/data vigil
+#   docker run -p 127.0.0.1:7080:7080 -p 127.0.0.1:8125:8125/udp -v vigil-data:/data vigil
+# The image also holds `vigil-load` (the demo fleet: docker-compose.yml's `demo` service).
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin vigil
+RUN cargo build --release --locked -p vigil -p vigil-load
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -13,7 +14,7 @@ RUN apt-get update \
     && useradd --system --home /data vigil \
     && mkdir -p /data /etc/vigil \
     && chown vigil /data
-COPY --from=build /src/target/release/vigil /usr/local/bin/vigil
+COPY --from=build /src/target/release/vigil /src/target/release/vigil-load /usr/local/bin/
 COPY docker/vigil.yml /etc/vigil/vigil.yml
 USER vigil
 VOLUME ["/data"]
