@@ -282,6 +282,9 @@ impl LogSearcher {
         // (order key, partition index, address): the key is larger for earlier hits.
         let mut candidates: Vec<(i128, usize, DocAddress)> = Vec::new();
         let wanted = limit + 1;
+        // The searcher that found a hit also fetches it: a commit in between may reload the
+        // reader with other segments, and a `DocAddress` names a segment of its searcher.
+        let mut searchers: HashMap<usize, tantivy::Searcher> = HashMap::new();
         for (partition_index, partition) in partitions.iter().enumerate() {
             let searcher = partition.reader.searcher();
             // Partitions are disjoint in time: once a page is full, older (or newer) ones only
@@ -323,19 +326,16 @@ impl LogSearcher {
                     candidates.push((key, partition_index, address));
                 }
             }
+            searchers.insert(partition_index, searcher);
         }
         candidates.sort_by_key(|candidate| std::cmp::Reverse(candidate.0));
         let has_more = candidates.len() > limit;
         candidates.truncate(limit);
         let mut hits = Vec::with_capacity(candidates.len());
-        let mut searchers: HashMap<usize, tantivy::Searcher> = HashMap::new();
         for (key, partition_index, address) in &candidates {
-            let Some(partition) = partitions.get(*partition_index) else {
+            let Some(searcher) = searchers.get(partition_index) else {
                 continue;
             };
-            let searcher = searchers
-                .entry(*partition_index)
-                .or_insert_with(|| partition.reader.searcher());
             let document: TantivyDocument = searcher.doc(*address)?;
             let record = stored_record(&document, self.store.schema());
             let natural_key = if request.order == SortOrder::Descending {
