@@ -711,33 +711,3 @@ fn concurrent_writers_share_commits_and_lose_nothing() {
         assert!(spans.iter().any(|span| span.span_id == span_id));
     }
 }
-
-#[test]
-#[ignore = "prints the store's file sizes after 200 synthetic batches; run by hand"]
-fn write_path_sizes() {
-    let directory = tempfile::tempdir().unwrap();
-    let store = open(directory.path());
-    let mut generator = crate::synthetic::SpanGenerator::new(1, BASE_NS, 1_000_000);
-    let started = std::time::Instant::now();
-    for _ in 0..200 {
-        store.write_spans(&generator.batch(512).0).unwrap();
-    }
-    eprintln!("200 batches in {:?}", started.elapsed());
-    for entry in std::fs::read_dir(directory.path()).unwrap() {
-        let entry = entry.unwrap();
-        eprintln!(
-            "{:?} {}",
-            entry.file_name(),
-            entry.metadata().unwrap().len()
-        );
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    for entry in std::fs::read_dir(directory.path()).unwrap() {
-        let entry = entry.unwrap();
-        eprintln!(
-            "after a checkpoint: {:?} {}",
-            entry.file_name(),
-            entry.metadata().unwrap().len()
-        );
-    }
-}
