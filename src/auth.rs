@@ -17,8 +17,8 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine as _;
 use serde::{Deserialize, Deserializer};
+use vigil_collector::tokens::{presented_token, same_secret, IngestTokens};
 
 /// `auth:`
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -53,6 +53,18 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
 }
 
 impl AuthConfig {
+    /// The tokens that may write through the OTLP listeners: ingest and admin tokens (none
+    /// when auth is off).
+    pub fn ingest_tokens(&self) -> IngestTokens {
+        IngestTokens::new(
+            self.ingest_tokens
+                .iter()
+                .chain(&self.admin_tokens)
+                .cloned()
+                .collect(),
+        )
+    }
+
     /// True when at least one token is configured.
     pub fn enabled(&self) -> bool {
         !(self.ingest_tokens.is_empty()
@@ -199,35 +211,6 @@ pub async fn require(
         Ok(()) => next.run(request).await,
         Err(error) => error.into_response(),
     }
-}
-
-/// The token of a `Bearer` header, or the password of a `Basic` one.
-fn presented_token(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (kind, credentials) = value.split_once(' ')?;
-    let credentials = credentials.trim();
-    if kind.eq_ignore_ascii_case("bearer") {
-        return Some(credentials.to_string());
-    }
-    if kind.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(credentials)
-            .ok()?;
-        let text = String::from_utf8(decoded).ok()?;
-        let (_user, password) = text.split_once(':')?;
-        return Some(password.to_string());
-    }
-    None
-}
-
-/// Compares two secrets in time independent of where they first differ.
-fn same_secret(known: &str, presented: &str) -> bool {
-    let (known, presented) = (known.as_bytes(), presented.as_bytes());
-    let mut difference = u8::from(known.len() != presented.len());
-    for (index, byte) in known.iter().enumerate() {
-        difference |= byte ^ presented.get(index).copied().unwrap_or(0);
-    }
-    difference == 0
 }
 
 #[cfg(test)]

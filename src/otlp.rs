@@ -65,6 +65,7 @@ pub async fn start(
     ));
     let options = OtlpOptions {
         max_message_bytes: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
+        tokens: config.auth.ingest_tokens(),
         normalize: NormalizeOptions {
             correlation_fields: config.logs.correlation_fields.clone(),
             ..NormalizeOptions::default()

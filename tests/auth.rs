@@ -120,3 +120,54 @@ fn a_non_loopback_address_needs_tokens_or_an_explicit_opt_out() {
         );
     }
 }
+
+#[tokio::test]
+async fn otlp_exports_need_an_ingest_token_when_tokens_are_set() -> anyhow::Result<()> {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    let grpc_port = common::free_tcp_port();
+    let http_port = common::free_tcp_port();
+    let vigil = Vigil::start(&format!(
+        "{TOKENS}otlp:\n  grpc_listen: 127.0.0.1:{grpc_port}\n  http_listen: 127.0.0.1:{http_port}\n"
+    ))
+    .await?;
+    // An empty export is valid OTLP: it tests the door, not the data.
+    let empty = ExportTraceServiceRequest::default();
+    let http_url = format!("http://127.0.0.1:{http_port}/v1/traces");
+    let post = || {
+        vigil
+            .client
+            .post(&http_url)
+            .header("content-type", "application/x-protobuf")
+            .body(empty.encode_to_vec())
+    };
+    let refused = post().send().await?;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post().bearer_auth("look-only").send().await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post().bearer_auth("ship-it").send().await?.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        post().bearer_auth("root-of-trust").send().await?.status(),
+        StatusCode::OK
+    );
+
+    let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc_port}")).await?;
+    let status = client
+        .export(empty.clone())
+        .await
+        .expect_err("an export without a token is refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let mut request = tonic::Request::new(empty);
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer ship-it".parse()?);
+    client.export(request).await?;
+    Ok(())
+}

@@ -7,3 +7,4 @@ pub mod http;
 pub mod scrape;
 pub mod sources;
 pub mod span_metrics;
+pub mod tokens;

@@ -255,9 +255,17 @@ where
             .and_then(|path| path.strip_prefix(S::SERVICE))
             == Some("/Export");
         let ingest = self.ingest.clone();
+        let authorized = ingest.options().tokens.allow(request.headers());
         Box::pin(async move {
             if !is_export {
                 return Ok(Status::new(Code::Unimplemented, "no such method").into_http());
+            }
+            if !authorized {
+                return Ok(Status::new(
+                    Code::Unauthenticated,
+                    "an ingest token is required: send `authorization: Bearer <token>` metadata",
+                )
+                .into_http());
             }
             let max_message_bytes = ingest.options().max_message_bytes;
             let codec = OtlpCodec::<S::Request, S::Response>::default();

@@ -26,6 +26,7 @@ use serde_json::json;
 use tower_http::decompression::RequestDecompressionLayer;
 
 use super::{ExportError, ExportOutcome, OtlpIngest, PROTOCOL_HTTP};
+use crate::tokens::IngestTokens;
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -64,6 +65,7 @@ impl IntoResponse for OtlpHttpError {
             StatusCode::PAYLOAD_TOO_LARGE => 11,                               // OUT_OF_RANGE
             StatusCode::TOO_MANY_REQUESTS => 8,                                // RESOURCE_EXHAUSTED
             StatusCode::SERVICE_UNAVAILABLE => 14,                             // UNAVAILABLE
+            StatusCode::UNAUTHORIZED => 16,                                    // UNAUTHENTICATED
             _ => 13,                                                           // INTERNAL
         };
         let rpc_status = RpcStatus {
@@ -294,6 +296,7 @@ fn http_error(encoding: Encoding, error: ExportError) -> OtlpHttpError {
 /// Returns the OTLP/HTTP router.
 pub fn router(ingest: OtlpIngest) -> Router {
     let max_message_bytes = ingest.options().max_message_bytes;
+    let tokens = ingest.options().tokens.clone();
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/metrics", post(export::<Metrics>))
@@ -301,6 +304,31 @@ pub fn router(ingest: OtlpIngest) -> Router {
         .with_state(ingest)
         .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true))
         .layer(DefaultBodyLimit::max(max_message_bytes))
+        .layer(axum::middleware::from_fn_with_state(tokens, require_token))
+}
+
+/// Refuses exports without an ingest token when `auth:` sets tokens: 401 with a
+/// `google.rpc.Status` (UNAUTHENTICATED) in the request's encoding.
+async fn require_token(
+    State(tokens): State<IngestTokens>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if tokens.allow(request.headers()) {
+        return next.run(request).await;
+    }
+    let encoding = request_encoding(request.headers()).unwrap_or(Encoding::Protobuf);
+    let mut response = OtlpHttpError {
+        status: StatusCode::UNAUTHORIZED,
+        encoding,
+        message: "an ingest token is required: send `Authorization: Bearer <token>`".to_string(),
+    }
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"vigil\""),
+    );
+    response
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tokens::IngestTokens;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -59,6 +60,8 @@ pub struct OtlpOptions {
     pub normalize: NormalizeOptions,
     /// Series whose delta totals or exponential-histogram buckets are remembered.
     pub max_accumulated_series: usize,
+    /// Tokens that may export (`auth:`); none means the listeners are open.
+    pub tokens: IngestTokens,
 }
 
 impl Default for OtlpOptions {
@@ -68,6 +71,7 @@ impl Default for OtlpOptions {
             max_pending_writes: 16,
             normalize: NormalizeOptions::default(),
             max_accumulated_series: 100_000,
+            tokens: IngestTokens::default(),
         }
     }
 }
