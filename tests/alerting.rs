@@ -1099,6 +1099,31 @@ fn check_rules_accepts_good_files_and_names_the_broken_rule() {
     );
 }
 
+#[test]
+fn check_rules_accepts_the_examples_of_prometheus_documentation() {
+    let testdata = concat!(env!("CARGO_MANIFEST_DIR"), "/alerting/testdata");
+    let recording = format!("{testdata}/prometheus-docs-recording.yml");
+    let alerting = format!("{testdata}/prometheus-docs-alerting.yml");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["check-rules", &recording, &alerting])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("Checking {recording}\n  SUCCESS: 2 rules found")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("Checking {alerting}\n  SUCCESS: 3 rules found")),
+        "{stdout}"
+    );
+}
+
 /// Per service and tick: (service, requests, errors).
 type TrafficMix = Vec<(&'static str, usize, usize)>;
 
