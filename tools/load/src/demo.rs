@@ -10,7 +10,8 @@
 //!
 //! Loopback only, and bounded by `--duration`.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use crate::common::{int_kv, parse_duration, require_loopback, string_kv};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -18,7 +19,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
@@ -41,21 +42,6 @@ pub struct DemoArgs {
     /// One healthy half and one failing half of `market`.
     #[arg(long, default_value = "16m", value_parser = parse_duration)]
     pub cycle: Duration,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    vigil_model::units::parse_duration(text).map_err(|error| error.to_string())
-}
-
-fn require_loopback(target: SocketAddr) -> anyhow::Result<()> {
-    let loopback = match target.ip() {
-        IpAddr::V4(address) => address.is_loopback(),
-        IpAddr::V6(address) => address.is_loopback(),
-    };
-    if !loopback {
-        bail!("vigil-load only sends to loopback addresses, not {target}");
-    }
-    Ok(())
 }
 
 /// A small xorshift generator: IDs and jitter need no cryptographic quality.
@@ -105,33 +91,13 @@ impl Random {
     }
 }
 
-fn text(key: &str, value: impl Into<String>) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..KeyValue::default()
-    }
-}
-
-fn integer(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
-        }),
-        ..KeyValue::default()
-    }
-}
-
 fn resource(service: &str) -> Resource {
     Resource {
         attributes: vec![
-            text("service.name", service),
-            text("service.instance.id", format!("{service}-1")),
-            text("host.name", format!("{service}-host-1")),
-            text("deployment.environment", "demo"),
+            string_kv("service.name", service),
+            string_kv("service.instance.id", format!("{service}-1")),
+            string_kv("host.name", format!("{service}-host-1")),
+            string_kv("deployment.environment", "demo"),
         ],
         ..Resource::default()
     }
@@ -246,12 +212,12 @@ fn trace_export(requests: &[Request]) -> ExportTraceServiceRequest {
                 .map(|caller| request.hops[caller].client_span_id.to_vec())
                 .unwrap_or_default();
             let common = vec![
-                text("request_id", request.request_id.clone()),
-                text(
+                string_kv("request_id", request.request_id.clone()),
+                string_kv(
                     "http.request.method",
                     hop.server_name.split(' ').next().unwrap_or("GET"),
                 ),
-                integer(
+                int_kv(
                     "http.response.status_code",
                     if hop.failed { 502 } else { 200 },
                 ),
@@ -280,8 +246,8 @@ fn trace_export(requests: &[Request]) -> ExportTraceServiceRequest {
                     start_time_unix_nano: callee.start_ns - 200_000,
                     end_time_unix_nano: callee.start_ns + callee.duration_ns + 200_000,
                     attributes: vec![
-                        text("request_id", request.request_id.clone()),
-                        text("peer.service", callee.service),
+                        string_kv("request_id", request.request_id.clone()),
+                        string_kv("peer.service", callee.service),
                     ],
                     status: status(callee.failed),
                     ..Span::default()
@@ -334,8 +300,8 @@ fn log_export(requests: &[Request]) -> ExportLogsServiceRequest {
                     value: Some(any_value::Value::StringValue(hop.message.clone())),
                 }),
                 attributes: vec![
-                    text("request_id", request.request_id.clone()),
-                    text("http.route", hop.server_name),
+                    string_kv("request_id", request.request_id.clone()),
+                    string_kv("http.route", hop.server_name),
                 ],
                 trace_id: request.trace_id.to_vec(),
                 span_id: hop.span_id.to_vec(),
@@ -574,11 +540,5 @@ mod tests {
             .iter()
             .any(|line| line.starts_with("request_duration:")
                 && line.ends_with("|ms|#service:gateway")));
-    }
-
-    #[test]
-    fn only_loopback_targets() {
-        assert!(require_loopback("127.0.0.1:8125".parse().unwrap()).is_ok());
-        assert!(require_loopback("10.0.0.1:8125".parse().unwrap()).is_err());
     }
 }

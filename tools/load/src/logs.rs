@@ -9,6 +9,7 @@
 //! ```
 //! Each prints one `key=value` summary line.
 
+use crate::common::parse_duration;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,10 +66,6 @@ pub struct LogsArgs {
     /// Baseline only: commit every this long (issue 3: 10 s).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub commit_every: Duration,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    vigil_model::units::parse_duration(text).map_err(|error| error.to_string())
 }
 
 fn now_ns() -> i64 {

@@ -15,6 +15,7 @@
 //! lines and sends to it with the same generator, so the baseline comes from the same run.
 //! Both print one `key=value` summary line.
 
+mod common;
 mod demo;
 mod logs;
 mod otlp;

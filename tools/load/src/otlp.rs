@@ -7,15 +7,16 @@
 //! inventory, users), 10–20 attributes per span, a `request_id` UUID, exception events on
 //! failed spans and cache events on some others. Every export carries fresh trace and span IDs.
 
-use std::net::{IpAddr, SocketAddr};
+use crate::common::{int_kv, parse_duration, require_loopback, string_kv};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
@@ -42,21 +43,6 @@ pub struct OtlpArgs {
     /// Runs against Vigil (and of the baseline); the medians are reported.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    vigil_model::units::parse_duration(text).map_err(|error| error.to_string())
-}
-
-fn require_loopback(target: SocketAddr) -> anyhow::Result<()> {
-    let loopback = match target.ip() {
-        IpAddr::V4(address) => address.is_loopback(),
-        IpAddr::V6(address) => address.is_loopback(),
-    };
-    if !loopback {
-        bail!("vigil-load only sends to loopback addresses, not {target}");
-    }
-    Ok(())
 }
 
 const SERVICES: [&str; 6] = [
@@ -97,26 +83,6 @@ const TRACE_SHAPE: [(usize, Option<usize>, &str, span::SpanKind, u64); 8] = [
     (4, Some(2), "redis GET stock", span::SpanKind::Client, 900),
     (5, Some(0), "GET /users/{id}", span::SpanKind::Server, 3_100),
 ];
-
-fn string_kv(key: &str, value: impl Into<String>) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..KeyValue::default()
-    }
-}
-
-fn int_kv(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
-        }),
-        ..KeyValue::default()
-    }
-}
 
 /// A small deterministic generator (xorshift), so runs are comparable.
 struct Ids(u64);

@@ -11,6 +11,7 @@
 //! service of one trace in 1,000, which `trace-queries` picks its lookups from (so the lookups
 //! are not the traces a warm-up query just read).
 
+use crate::common::parse_duration;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -57,10 +58,6 @@ pub struct QueryArgs {
     /// Width of the window of the service search (Prometheus duration).
     #[arg(long, default_value = "15m", value_parser = parse_duration)]
     pub window: Duration,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    vigil_model::units::parse_duration(text).map_err(|error| error.to_string())
 }
 
 fn now_ns() -> i64 {

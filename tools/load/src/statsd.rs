@@ -2,8 +2,9 @@
 //! (batched with `sendmmsg` on Linux, optionally paced), a counting sink for the baseline,
 //! and a reader of Vigil's own received counter.
 
+use crate::common::{parse_duration, require_loopback};
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,10 +48,6 @@ pub struct StatsdArgs {
     /// Sends made by `--find-max-rate` after the first.
     #[arg(long, default_value_t = 5)]
     pub search_steps: u32,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    vigil_model::units::parse_duration(text).map_err(|error| error.to_string())
 }
 
 /// Pre-built datagrams cycled by the sender.
@@ -125,17 +122,6 @@ struct SendReport {
     lines: u64,
     datagrams: u64,
     elapsed: Duration,
-}
-
-fn require_loopback(target: SocketAddr) -> anyhow::Result<()> {
-    let loopback = match target.ip() {
-        IpAddr::V4(address) => address.is_loopback(),
-        IpAddr::V6(address) => address.is_loopback(),
-    };
-    if !loopback {
-        bail!("vigil-load only sends to loopback addresses, not {target}");
-    }
-    Ok(())
 }
 
 /// Sends datagrams for `args.duration` (or `args.max_lines`), paced to `args.rate` if set.
