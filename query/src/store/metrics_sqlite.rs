@@ -237,6 +237,15 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
+/// The series a write creates, in creation order, with lookups by key and per metric so that
+/// a batch of many new series is resolved in linear time.
+#[derive(Default)]
+struct NewSeries {
+    list: Vec<(i64, SeriesId, Labels)>,
+    ids: HashMap<(i64, String), SeriesId>,
+    per_metric: HashMap<(i64, String), usize>,
+}
+
 /// What a chunk holds: raw samples (level 0) or rollup buckets (the other levels).
 trait ChunkItem: Sized {
     /// The time that places the item in a block: a sample's timestamp, a bucket's end.
@@ -415,7 +424,7 @@ impl MetricStore {
         transaction: &rusqlite::Transaction<'_>,
         kind: i64,
         labels: &Labels,
-        new_series: &mut Vec<(i64, SeriesId, Labels)>,
+        new_series: &mut NewSeries,
     ) -> Result<Option<SeriesId>, SinkError> {
         let key = labels.canonical_key();
         let index = if kind == KIND_SKETCH {
@@ -426,10 +435,7 @@ impl MetricStore {
         if let Some(id) = index.read().id_of(&key) {
             return Ok(Some(id));
         }
-        if let Some((_, id, _)) = new_series
-            .iter()
-            .find(|(new_kind, _, new_labels)| *new_kind == kind && new_labels == labels)
-        {
+        if let Some(id) = new_series.ids.get(&(kind, key.clone())) {
             return Ok(Some(*id));
         }
         if labels.iter().any(|label| {
@@ -440,11 +446,10 @@ impl MetricStore {
         }
         let metric_name = labels.metric_name().unwrap_or_default();
         let pending_of_metric = new_series
-            .iter()
-            .filter(|(new_kind, _, new_labels)| {
-                *new_kind == kind && new_labels.metric_name() == Some(metric_name)
-            })
-            .count();
+            .per_metric
+            .get(&(kind, metric_name.to_string()))
+            .copied()
+            .unwrap_or(0);
         if index.read().series_count_of_metric(metric_name) + pending_of_metric
             >= self.options.max_series_per_metric
         {
@@ -457,7 +462,12 @@ impl MetricStore {
             )
             .map_err(storage_error)?;
         let id = transaction.last_insert_rowid() as SeriesId;
-        new_series.push((kind, id, labels.clone()));
+        new_series.ids.insert((kind, key), id);
+        *new_series
+            .per_metric
+            .entry((kind, metric_name.to_string()))
+            .or_insert(0) += 1;
+        new_series.list.push((kind, id, labels.clone()));
         Ok(Some(id))
     }
 
@@ -802,7 +812,7 @@ impl MetricSink for MetricStore {
         }
         let mut writer = self.writer.lock();
         let transaction = writer.transaction().map_err(storage_error)?;
-        let mut new_series: Vec<(i64, SeriesId, Labels)> = Vec::new();
+        let mut new_series = NewSeries::default();
         let mut rejected = 0usize;
         let mut records: Vec<(SeriesId, Vec<Sample>)> = Vec::with_capacity(batch.series.len());
         for series in &batch.series {
@@ -897,7 +907,7 @@ impl MetricSink for MetricStore {
         }
         transaction.commit().map_err(storage_error)?;
         // Acknowledged from here on: publish the new series and samples to readers.
-        for (kind, id, labels) in new_series {
+        for (kind, id, labels) in new_series.list {
             if kind == KIND_SKETCH {
                 self.sketch_index.write().insert(id, labels);
             } else {

@@ -192,6 +192,38 @@ fn series_over_the_per_metric_limit_are_rejected_and_the_rest_written() {
 }
 
 #[test]
+fn a_series_new_to_the_store_named_twice_in_one_batch_is_created_once() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = MetricStore::open(directory.path(), MetricStoreOptions::default()).unwrap();
+    let labels = Labels::with_name("twice", [("id", "a")]);
+    let batch = MetricBatch {
+        series: vec![
+            SeriesSamples {
+                labels: labels.clone(),
+                samples: vec![sample(1_000, 1.0)],
+            },
+            SeriesSamples {
+                labels: Labels::with_name("twice", [("id", "b")]),
+                samples: vec![sample(1_000, 5.0)],
+            },
+            SeriesSamples {
+                labels,
+                samples: vec![sample(2_000, 2.0)],
+            },
+        ],
+        ..MetricBatch::default()
+    };
+    store.write(batch).unwrap();
+    let selected = store
+        .select(&[LabelMatcher::equal(METRIC_NAME, "twice")], &whole_range())
+        .unwrap();
+    assert_eq!(selected.len(), 2, "{selected:?}");
+    let mut values = values(&store, "twice");
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(values, vec![(1_000, 1.0), (1_000, 5.0), (2_000, 2.0)]);
+}
+
+#[test]
 fn hour_aligned_window_reads_one_merged_sketch_per_series_within_one_percent() {
     let directory = tempfile::tempdir().unwrap();
     let store = MetricStore::open(directory.path(), MetricStoreOptions::default()).unwrap();
