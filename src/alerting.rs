@@ -130,7 +130,7 @@ impl MetricReader for SharedSelections {
         &self,
         matchers: &[vigil_model::LabelMatcher],
         hints: &vigil_model::SelectHints,
-        visit: &mut dyn FnMut(&Labels, &[vigil_model::Bucket]),
+        visit: &(dyn Fn(&Labels, &[vigil_model::Bucket]) + Sync),
     ) -> Result<Option<i64>, vigil_model::ReadError> {
         self.inner.visit_buckets(matchers, hints, visit)
     }

@@ -123,7 +123,9 @@ pub trait MetricReader: Send + Sync {
     /// lines up and the caller should read samples. Buckets hold every sample the store has,
     /// recent ones included, so functions computed from them (`rate`, `increase`, `delta`,
     /// `resets`, `count/min/max_over_time`) equal those over the samples. Series are visited one
-    /// by one so a query over many series never holds all their buckets at once.
+    /// by one so a query over many series never holds all their buckets at once. The buckets
+    /// handed over need not carry `sum` or `last_any`, which none of those functions reads. A
+    /// store may visit several series at the same time from different threads, in any order.
     ///
     /// # Errors
     /// [`ReadError`] when the store fails or the selection is too large.
@@ -131,7 +133,7 @@ pub trait MetricReader: Send + Sync {
         &self,
         matchers: &[LabelMatcher],
         hints: &SelectHints,
-        visit: &mut dyn FnMut(&Labels, &[Bucket]),
+        visit: &(dyn Fn(&Labels, &[Bucket]) + Sync),
     ) -> Result<Option<i64>, ReadError> {
         let _ = (matchers, hints, visit);
         Ok(None)

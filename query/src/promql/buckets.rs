@@ -8,6 +8,10 @@
 //! paths over the same data).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use promql_parser::parser::Expr;
 use vigil_model::{Bucket, Labels, SelectHints};
@@ -71,45 +75,50 @@ pub(crate) fn try_eval(
         range_ms,
         first_last_suffice: false,
     };
-    let mut output: Vec<Series> = Vec::new();
-    let mut seen: HashSet<Labels> = HashSet::new();
+    // Series may be visited from several threads at once.
+    let output: Mutex<Vec<Series>> = Mutex::new(Vec::new());
+    let seen: Mutex<HashSet<Labels>> = Mutex::new(HashSet::new());
+    let deadline = evaluator.deadline();
+    let deadline_passed = AtomicBool::new(false);
     let mut resolution_ms = None;
-    let mut deadline_passed = false;
-    let mut present: Vec<Bucket> = Vec::new();
     for matchers in selector_matchers(&selector.vs)? {
         let reader = evaluator.reader();
-        let mut visit = |labels: &Labels, buckets: &[Bucket]| {
-            if deadline_passed || !seen.insert(labels.clone()) {
+        let visit = |labels: &Labels, buckets: &[Bucket]| {
+            if deadline_passed.load(Ordering::Relaxed) || !seen.lock().insert(labels.clone()) {
                 return;
             }
-            if output.len() % 1024 == 1023 && evaluator.check_deadline("buckets").is_err() {
-                deadline_passed = true;
+            if Instant::now() > deadline {
+                deadline_passed.store(true, Ordering::Relaxed);
                 return;
             }
             // Only buckets with samples; a bucket of nothing but a staleness marker holds none.
             // Most series have no such bucket, and then need no copy.
+            let present: Vec<Bucket>;
             let buckets = if buckets.iter().all(|bucket| bucket.count > 0) {
                 buckets
             } else {
-                present.clear();
-                present.extend(buckets.iter().filter(|bucket| bucket.count > 0));
+                present = buckets
+                    .iter()
+                    .filter(|bucket| bucket.count > 0)
+                    .copied()
+                    .collect();
                 &present
             };
             let points = evaluate_series(function, buckets, &window_ends, range_ms);
             if !points.is_empty() {
-                output.push(Series {
+                output.lock().push(Series {
                     labels: labels.clone(),
                     drop_name: !function.keeps_name(),
                     points,
                 });
             }
         };
-        let Some(resolution) = reader.visit_buckets(&matchers, &hints, &mut visit)? else {
+        let Some(resolution) = reader.visit_buckets(&matchers, &hints, &visit)? else {
             return Ok(None);
         };
         resolution_ms = Some(resolution);
     }
-    if deadline_passed {
+    if deadline_passed.load(Ordering::Relaxed) {
         evaluator.check_deadline("buckets")?;
     }
     let Some(resolution_ms) = resolution_ms else {
@@ -118,6 +127,9 @@ pub(crate) fn try_eval(
     debug_assert!(window_ends
         .iter()
         .all(|end| end.rem_euclid(resolution_ms) == 0));
+    // The same order whatever order the series were visited in.
+    let mut output = output.into_inner();
+    output.sort_unstable_by(|left, right| left.labels.cmp(&right.labels));
     Ok(Some(Value::Vector(output)))
 }
 

@@ -435,6 +435,11 @@ impl<'a> Evaluator<'a> {
         self.options.lookback_delta_ms
     }
 
+    /// Returns when the query runs out of time.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     pub fn check_deadline(&self, stage: &'static str) -> Result<(), QueryError> {
         if Instant::now() > self.deadline {
             return Err(QueryError::Timeout(stage));

@@ -205,6 +205,23 @@ pub fn encode_buckets(buckets: &[Bucket]) -> Vec<u8> {
 /// # Errors
 /// [`ChunkDecodeError`] when the blob is truncated or corrupt.
 pub fn decode_buckets(blob: &[u8], out: &mut Vec<Bucket>) -> Result<(), ChunkDecodeError> {
+    decode::<true>(blob, out)
+}
+
+/// Decodes buckets made by [`encode_buckets`] for the range functions computed from buckets,
+/// appending them to `out`: everything but `sum` (left NaN) and `last_any` (left equal to
+/// `last`), which none of them reads. Skipping the two saves about a quarter of the decoding.
+///
+/// # Errors
+/// [`ChunkDecodeError`] when the blob is truncated or corrupt.
+pub fn decode_bucket_statistics(
+    blob: &[u8],
+    out: &mut Vec<Bucket>,
+) -> Result<(), ChunkDecodeError> {
+    decode::<false>(blob, out)
+}
+
+fn decode<const ALL: bool>(blob: &[u8], out: &mut Vec<Bucket>) -> Result<(), ChunkDecodeError> {
     let mut offset = 0;
     let count = read_varint(blob, &mut offset)?;
     if count > blob.len() as u64 {
@@ -225,10 +242,19 @@ pub fn decode_buckets(blob: &[u8], out: &mut Vec<Bucket>) -> Result<(), ChunkDec
         for timestamp in &mut timestamps {
             *timestamp = end_ms.wrapping_sub(unzigzag(read_varint(blob, &mut offset)?));
         }
-        let mut values = [0f64; FLOAT_FIELDS];
-        for (column, value) in columns.iter_mut().zip(values.iter_mut()) {
-            *value = column.read(blob, &mut offset)?;
+        let mut values = [f64::NAN; FLOAT_FIELDS];
+        for (field, (column, value)) in columns.iter_mut().zip(values.iter_mut()).enumerate() {
+            // Fields 2 (last_any) and 5 (sum) are skipped unless ALL.
+            if ALL || (field != 2 && field != 5) {
+                *value = column.read(blob, &mut offset)?;
+            } else {
+                column.skip(blob, &mut offset)?;
+            }
         }
+        let last = Sample {
+            timestamp_ms: timestamps[1],
+            value: values[1],
+        };
         out.push(Bucket {
             end_ms,
             count: bucket_count,
@@ -236,13 +262,14 @@ pub fn decode_buckets(blob: &[u8], out: &mut Vec<Bucket>) -> Result<(), ChunkDec
                 timestamp_ms: timestamps[0],
                 value: values[0],
             },
-            last: Sample {
-                timestamp_ms: timestamps[1],
-                value: values[1],
-            },
-            last_any: Sample {
-                timestamp_ms: timestamps[2],
-                value: values[2],
+            last,
+            last_any: if ALL {
+                Sample {
+                    timestamp_ms: timestamps[2],
+                    value: values[2],
+                }
+            } else {
+                last
             },
             min: values[3],
             max: values[4],
@@ -338,9 +365,38 @@ mod tests {
         }
 
         #[test]
+        fn statistics_decode_equals_the_full_decode_but_for_sum_and_last_any(
+            pairs in proptest::collection::vec((0i64..100_000, prop_oneof![Just(0.0f64), Just(f64::NAN), any::<f64>()]), 0..64)
+        ) {
+            let mut input = samples(&pairs);
+            input.sort_by_key(|sample| sample.timestamp_ms);
+            let blob = encode_buckets(&buckets_from_samples(&input, 1_000));
+            let (mut full, mut statistics) = (Vec::new(), Vec::new());
+            decode_buckets(&blob, &mut full).unwrap();
+            decode_bucket_statistics(&blob, &mut statistics).unwrap();
+            prop_assert_eq!(full.len(), statistics.len());
+            for (left, right) in full.iter().zip(&statistics) {
+                prop_assert_eq!(left.end_ms, right.end_ms);
+                prop_assert_eq!(left.count, right.count);
+                prop_assert_eq!(left.resets, right.resets);
+                for (a, b) in [
+                    (left.first, right.first),
+                    (left.last, right.last),
+                ] {
+                    prop_assert_eq!(a.timestamp_ms, b.timestamp_ms);
+                    prop_assert_eq!(a.value.to_bits(), b.value.to_bits());
+                }
+                prop_assert_eq!(left.min.to_bits(), right.min.to_bits());
+                prop_assert_eq!(left.max.to_bits(), right.max.to_bits());
+                prop_assert_eq!(left.reset_correction.to_bits(), right.reset_correction.to_bits());
+            }
+        }
+
+        #[test]
         fn decoding_arbitrary_bytes_never_panics(blob in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut decoded = Vec::new();
             let _ = decode_buckets(&blob, &mut decoded);
+            let _ = decode_bucket_statistics(&blob, &mut decoded);
         }
     }
 }

@@ -121,6 +121,34 @@ impl FloatColumn {
     }
 }
 
+impl FloatColumn {
+    /// Moves past the next value without computing it. The column can no longer be read
+    /// afterwards (the XOR chain is broken): skip a column throughout or not at all.
+    ///
+    /// # Errors
+    /// [`ChunkDecodeError`] when the blob is truncated or the control byte is out of range.
+    #[inline]
+    pub fn skip(&mut self, blob: &[u8], offset: &mut usize) -> Result<(), ChunkDecodeError> {
+        let control = *blob
+            .get(*offset)
+            .ok_or(ChunkDecodeError::Truncated { offset: *offset })?;
+        *offset += 1;
+        if control != 0xff {
+            let width = 8usize
+                .checked_sub(usize::from(control >> 4) + usize::from(control & 0x0f))
+                .filter(|width| *width > 0)
+                .ok_or(ChunkDecodeError::Corrupt {
+                    offset: *offset - 1,
+                })?;
+            if *offset + width > blob.len() {
+                return Err(ChunkDecodeError::Truncated { offset: *offset });
+            }
+            *offset += width;
+        }
+        Ok(())
+    }
+}
+
 /// Reads the `width` significant bytes of an XOR written by the encoders here and shifts them
 /// into place above `trailing_bytes` zero bytes. One unaligned 8-byte load when the blob has
 /// room, rather than a variable-length copy per value.

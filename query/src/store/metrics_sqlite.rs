@@ -30,8 +30,8 @@ use vigil_model::{
 };
 
 use super::buckets::{
-    bucket_end, buckets_from_samples, decode_buckets, encode_buckets, merge_buckets,
-    samples_of_buckets,
+    bucket_end, buckets_from_samples, decode_bucket_statistics, decode_buckets, encode_buckets,
+    merge_buckets, samples_of_buckets,
 };
 use super::chunk::{
     decode_chunk, encode_chunk, read_varint, unzigzag, write_varint, zigzag, ChunkDecodeError,
@@ -61,6 +61,9 @@ pub struct MetricStoreOptions {
     pub max_label_bytes: usize,
     /// The head is cut into chunks when it holds this many samples (and on every flush tick).
     pub head_flush_samples: usize,
+    /// At most this many threads read and decode the rollup buckets of one range query
+    /// (one per core, at most 4, by default).
+    pub bucket_read_threads: usize,
 }
 
 impl Default for MetricStoreOptions {
@@ -80,6 +83,9 @@ impl Default for MetricStoreOptions {
             max_series_per_metric: 100_000,
             max_label_bytes: 4_096,
             head_flush_samples: 2_000_000,
+            bucket_read_threads: std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get())
+                .min(4),
         }
     }
 }
@@ -222,6 +228,67 @@ fn storage_error(error: rusqlite::Error) -> SinkError {
 
 fn read_error(error: rusqlite::Error) -> ReadError {
     ReadError::Storage(error.to_string())
+}
+
+/// How many of at most `threads` threads read the buckets of `series` series: only as many as
+/// selections big enough to repay a thread.
+fn bucket_read_workers(threads: usize, series: usize) -> usize {
+    const SERIES_PER_WORKER: usize = 64;
+    threads.min(series / SERIES_PER_WORKER).max(1)
+}
+
+/// One level's buckets ending in `[first_end_ms, last_end_ms]`, read for a part of a selection.
+struct BucketRead {
+    level: usize,
+    first_end_ms: i64,
+    last_end_ms: i64,
+}
+
+impl BucketRead {
+    fn visit_part(
+        &self,
+        connection: &Connection,
+        part: &[(SeriesId, Labels)],
+        head_buckets: &HashMap<SeriesId, Vec<Bucket>>,
+        visit: &(dyn Fn(&Labels, &[Bucket]) + Sync),
+    ) -> Result<(), ReadError> {
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT data FROM chunks WHERE series_id = ?1 AND level = ?2
+                 AND start_ms <= ?4 AND end_ms >= ?3 ORDER BY start_ms, seq",
+            )
+            .map_err(read_error)?;
+        // One buffer for every series: its memory is reused, not allocated per series.
+        let mut stored: Vec<Bucket> = Vec::new();
+        for (id, labels) in part {
+            stored.clear();
+            let mut rows = statement
+                .query(params![
+                    id,
+                    self.level as i64,
+                    self.first_end_ms,
+                    self.last_end_ms
+                ])
+                .map_err(read_error)?;
+            while let Some(row) = rows.next().map_err(read_error)? {
+                let blob = row
+                    .get_ref(0)
+                    .and_then(|value| value.as_blob().map_err(Into::into))
+                    .map_err(read_error)?;
+                decode_bucket_statistics(blob, &mut stored)
+                    .map_err(|error| ReadError::Storage(error.to_string()))?;
+            }
+            if let Some(recent) = head_buckets.get(id) {
+                stored = merge_buckets(std::mem::take(&mut stored), recent);
+            }
+            let from = stored.partition_point(|bucket| bucket.end_ms < self.first_end_ms);
+            let to = stored.partition_point(|bucket| bucket.end_ms <= self.last_end_ms);
+            if from < to {
+                visit(labels, &stored[from..to]);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -687,16 +754,34 @@ impl MetricStore {
         &self,
         read: impl FnOnce(&Connection) -> Result<T, ReadError>,
     ) -> Result<T, ReadError> {
-        let connection = match self.readers.lock().pop() {
-            Some(connection) => connection,
-            None => open_connection(&self.path).map_err(read_error)?,
-        };
+        let connection = self.take_reader()?;
         let result = read(&connection);
+        self.return_reader(connection);
+        result
+    }
+
+    /// Takes a pooled reader connection, or opens one.
+    fn take_reader(&self) -> Result<Connection, ReadError> {
+        let pooled = self.readers.lock().pop();
+        match pooled {
+            Some(connection) => Ok(connection),
+            None => open_connection(&self.path).map_err(read_error),
+        }
+    }
+
+    /// Ends the read transactions of `connections` and returns them to the pool.
+    fn end_reads(&self, connections: Vec<Connection>) {
+        for connection in connections {
+            let _ = connection.execute_batch("COMMIT");
+            self.return_reader(connection);
+        }
+    }
+
+    fn return_reader(&self, connection: Connection) {
         let mut readers = self.readers.lock();
         if readers.len() < 8 {
             readers.push(connection);
         }
-        result
     }
 
     /// Returns the coarsest level (0 raw, 1.. rollups) that gives the same answer as the raw
@@ -1038,7 +1123,7 @@ impl MetricReader for MetricStore {
         &self,
         matchers: &[LabelMatcher],
         hints: &SelectHints,
-        visit: &mut dyn FnMut(&Labels, &[Bucket]),
+        visit: &(dyn Fn(&Labels, &[Bucket]) + Sync),
     ) -> Result<Option<i64>, ReadError> {
         let Some(level) = self.bucket_level_for(hints) else {
             return Ok(None);
@@ -1052,64 +1137,94 @@ impl MetricReader for MetricStore {
                 .filter_map(|id| index.labels(id).map(|labels| (id, labels.clone())))
                 .collect()
         };
-        let first_bucket_end = hints.start_ms;
-        let last_bucket_end = hints.end_ms;
-        self.with_reader(|connection| {
-            // Take the SQLite snapshot and copy the head under the head lock: a flush commits
-            // and drains the head under the same lock, so no sample is counted twice or missed.
-            connection.execute_batch("BEGIN").map_err(read_error)?;
-            let result = (|| {
-                let head_buckets: HashMap<SeriesId, Vec<Bucket>> = {
-                    let head = self.head.read();
-                    connection
-                        .query_row("SELECT COUNT(*) FROM store_state", [], |row| {
-                            row.get::<_, i64>(0)
-                        })
-                        .map_err(read_error)?;
-                    selected
-                        .iter()
-                        .filter_map(|(id, _)| {
-                            head.samples
-                                .get(id)
-                                .map(|samples| (*id, buckets_from_samples(samples, resolution)))
-                        })
-                        .collect()
-                };
-                let mut statement = connection
-                    .prepare_cached(
-                        "SELECT data FROM chunks WHERE series_id = ?1 AND level = ?2
-                         AND start_ms <= ?4 AND end_ms >= ?3 ORDER BY start_ms, seq",
-                    )
+        let read = BucketRead {
+            level,
+            first_end_ms: hints.start_ms,
+            last_end_ms: hints.end_ms,
+        };
+        // Series are split among a few reader threads, each with its own connection: reading
+        // and decoding the buckets is most of a range query's time.
+        let workers = bucket_read_workers(self.options.bucket_read_threads, selected.len());
+        let mut connections = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            connections.push(self.take_reader()?);
+        }
+        // Every connection takes its SQLite snapshot, and the head is copied, under the head
+        // lock: a flush commits and drains the head under the same lock, so no sample is
+        // counted twice or missed.
+        let snapshot = (|| {
+            let head = self.head.read();
+            for connection in &connections {
+                connection.execute_batch("BEGIN").map_err(read_error)?;
+                connection
+                    .query_row("SELECT COUNT(*) FROM store_state", [], |row| {
+                        row.get::<_, i64>(0)
+                    })
                     .map_err(read_error)?;
-                // One buffer for every series: its memory is reused, not allocated per series.
-                let mut stored: Vec<Bucket> = Vec::new();
-                for (id, labels) in &selected {
-                    stored.clear();
-                    let mut rows = statement
-                        .query(params![id, level as i64, first_bucket_end, last_bucket_end])
-                        .map_err(read_error)?;
-                    while let Some(row) = rows.next().map_err(read_error)? {
-                        let blob = row
-                            .get_ref(0)
-                            .and_then(|value| value.as_blob().map_err(Into::into))
-                            .map_err(read_error)?;
-                        decode_buckets(blob, &mut stored)
-                            .map_err(|error| ReadError::Storage(error.to_string()))?;
+            }
+            Ok::<_, ReadError>(
+                selected
+                    .iter()
+                    .filter_map(|(id, _)| {
+                        head.samples
+                            .get(id)
+                            .map(|samples| (*id, buckets_from_samples(samples, resolution)))
+                    })
+                    .collect::<HashMap<SeriesId, Vec<Bucket>>>(),
+            )
+        })();
+        let head_buckets = match snapshot {
+            Ok(head_buckets) => head_buckets,
+            Err(error) => {
+                self.end_reads(connections);
+                return Err(error);
+            }
+        };
+        let per_worker = selected.len().div_ceil(workers).max(1);
+        let (result, connections) = std::thread::scope(|scope| {
+            let mut parts = selected.chunks(per_worker);
+            let mut connections = connections.into_iter();
+            let own = connections.next();
+            let own_part = parts.next().unwrap_or_default();
+            let mut helpers = Vec::new();
+            let mut result = Ok(());
+            for (connection, part) in connections.zip(parts) {
+                let (head_buckets, read) = (&head_buckets, &read);
+                let spawned = std::thread::Builder::new()
+                    .name("vigil-bucket-read".to_owned())
+                    .spawn_scoped(scope, move || {
+                        let result = read.visit_part(&connection, part, head_buckets, visit);
+                        (connection, result)
+                    });
+                match spawned {
+                    Ok(handle) => helpers.push(handle),
+                    Err(error) => result = Err(ReadError::Storage(error.to_string())),
+                }
+            }
+            let mut returned = Vec::with_capacity(workers);
+            if let Some(connection) = own {
+                if result.is_ok() {
+                    result = read.visit_part(&connection, own_part, &head_buckets, visit);
+                }
+                returned.push(connection);
+            }
+            for handle in helpers {
+                match handle.join() {
+                    Ok((connection, part_result)) => {
+                        returned.push(connection);
+                        result = result.and(part_result);
                     }
-                    if let Some(recent) = head_buckets.get(id) {
-                        stored = merge_buckets(std::mem::take(&mut stored), recent);
-                    }
-                    let from = stored.partition_point(|bucket| bucket.end_ms < first_bucket_end);
-                    let to = stored.partition_point(|bucket| bucket.end_ms <= last_bucket_end);
-                    if from < to {
-                        visit(labels, &stored[from..to]);
+                    Err(_) => {
+                        result = result.and(Err(ReadError::Storage(
+                            "a bucket reader thread panicked".to_owned(),
+                        )));
                     }
                 }
-                Ok(())
-            })();
-            let _ = connection.execute_batch("COMMIT");
-            result.map(|()| Some(resolution))
-        })
+            }
+            (result, returned)
+        });
+        self.end_reads(connections);
+        result.map(|()| Some(resolution))
     }
 
     fn select_sketches(

@@ -1,4 +1,5 @@
 use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use vigil_model::{SketchSample, METRIC_NAME};
 
@@ -344,10 +345,18 @@ mod rollup_answers_match_raw {
             .range_query(query, HOUR_MS / 2, 3 * HOUR_MS - 600_000, step_ms)
             .unwrap();
         let (store_series, raw_series) = (matrix(from_store), matrix(from_raw));
+        assert_close(query, &store_series, &raw_series);
+    }
+
+    fn assert_close(
+        query: &str,
+        store_series: &[(Labels, Vec<(i64, f64)>)],
+        raw_series: &[(Labels, Vec<(i64, f64)>)],
+    ) {
         assert_eq!(store_series.len(), raw_series.len(), "{query}");
         assert!(!raw_series.is_empty());
         for ((store_labels, store_points), (raw_labels, raw_points)) in
-            store_series.iter().zip(&raw_series)
+            store_series.iter().zip(raw_series)
         {
             assert_eq!(store_labels, raw_labels);
             assert_eq!(
@@ -400,6 +409,50 @@ mod rollup_answers_match_raw {
     }
 
     #[test]
+    fn many_series_read_by_several_threads_equal_raw() {
+        // Enough series for four reader threads; every series is visited once and the
+        // answer (sorted by labels) is the one the raw samples give.
+        let directory = tempfile::tempdir().unwrap();
+        let options = MetricStoreOptions {
+            bucket_read_threads: 4,
+            ..MetricStoreOptions::default()
+        };
+        let store = Arc::new(MetricStore::open(directory.path(), options).unwrap());
+        let memory = Arc::new(MemoryReader::new());
+        let mut batch = MetricBatch::default();
+        for series_index in 0..300i64 {
+            let labels = Labels::with_name(
+                "requests_total",
+                [
+                    ("service", format!("service-{}", series_index % 20).as_str()),
+                    ("instance", &series_index.to_string()),
+                ],
+            );
+            let samples: Vec<Sample> = (0..360i64)
+                .map(|index| sample(index * 10_000, (index * (series_index + 1)) as f64))
+                .collect();
+            memory.add_samples(labels.clone(), samples.clone());
+            batch.series.push(SeriesSamples { labels, samples });
+        }
+        store.write(batch).unwrap();
+        store.flush_head().unwrap();
+        for query in [
+            "rate(requests_total[5m])",
+            "sum by (service) (increase(requests_total[10m]))",
+        ] {
+            let from_store = Engine::new(store.clone())
+                .range_query(query, 600_000, HOUR_MS - 60_000, 60_000)
+                .unwrap();
+            let from_raw = Engine::new(memory.clone())
+                .range_query(query, 600_000, HOUR_MS - 60_000, 60_000)
+                .unwrap();
+            let (store_series, raw_series) = (matrix(from_store), matrix(from_raw));
+            assert!(store_series.len() >= 20, "{query}");
+            assert_close(query, &store_series, &raw_series);
+        }
+    }
+
+    #[test]
     fn aligned_range_functions_are_answered_from_buckets_with_recent_samples_included() {
         let (_directory, store, _) = both_readers();
         // Unflushed samples live in the head; buckets must include them.
@@ -417,15 +470,16 @@ mod rollup_answers_match_raw {
             range_ms: 300_000,
             first_last_suffice: false,
         };
-        let mut visited: Vec<(Labels, Vec<vigil_model::Bucket>)> = Vec::new();
+        let visited: Mutex<Vec<(Labels, Vec<vigil_model::Bucket>)>> = Mutex::new(Vec::new());
         let resolution = store
             .visit_buckets(
                 &[LabelMatcher::equal("instance", "0")],
                 &hints,
-                &mut |labels, buckets| visited.push((labels.clone(), buckets.to_vec())),
+                &|labels, buckets| visited.lock().push((labels.clone(), buckets.to_vec())),
             )
             .unwrap()
             .expect("a level tiles the windows");
+        let visited = visited.into_inner();
         assert_eq!(resolution, 60_000);
         assert_eq!(visited.len(), 1);
         let newest = visited[0].1.last().unwrap();
@@ -435,16 +489,18 @@ mod rollup_answers_match_raw {
             step_ms: 15_000,
             ..hints
         };
-        let mut visits = 0;
+        let visits = AtomicUsize::new(0);
         assert!(store
             .visit_buckets(
                 &[LabelMatcher::equal("instance", "0")],
                 &unaligned,
-                &mut |_, _| visits += 1
+                &|_, _| {
+                    visits.fetch_add(1, Ordering::Relaxed);
+                }
             )
             .unwrap()
             .is_none());
-        assert_eq!(visits, 0);
+        assert_eq!(visits.into_inner(), 0);
     }
 
     #[test]
