@@ -262,22 +262,11 @@ impl BucketRead {
         let mut stored: Vec<Bucket> = Vec::new();
         for (id, labels) in part {
             stored.clear();
-            let mut rows = statement
-                .query(params![
-                    id,
-                    self.level as i64,
-                    self.first_end_ms,
-                    self.last_end_ms
-                ])
-                .map_err(read_error)?;
-            while let Some(row) = rows.next().map_err(read_error)? {
-                let blob = row
-                    .get_ref(0)
-                    .and_then(|value| value.as_blob().map_err(Into::into))
-                    .map_err(read_error)?;
+            let window = params![id, self.level as i64, self.first_end_ms, self.last_end_ms];
+            for_each_blob(&mut statement, window, |blob| {
                 decode_bucket_statistics(blob, &mut stored)
-                    .map_err(|error| ReadError::Storage(error.to_string()))?;
-            }
+                    .map_err(|error| ReadError::Storage(error.to_string()))
+            })?;
             if let Some(recent) = head_buckets.get(id) {
                 stored = merge_buckets(std::mem::take(&mut stored), recent);
             }
@@ -289,6 +278,23 @@ impl BucketRead {
         }
         Ok(())
     }
+}
+
+/// Runs a query whose first column is a blob and hands each row's blob to `read`.
+fn for_each_blob(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+    mut read: impl FnMut(&[u8]) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
+    let mut rows = statement.query(params).map_err(read_error)?;
+    while let Some(row) = rows.next().map_err(read_error)? {
+        let blob = row
+            .get_ref(0)
+            .and_then(|value| value.as_blob().map_err(Into::into))
+            .map_err(read_error)?;
+        read(blob)?;
+    }
+    Ok(())
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -1079,19 +1085,14 @@ impl MetricReader for MetricStore {
                 for (level, horizon) in horizons.iter().enumerate().skip(first_level) {
                     let lower = hints.start_ms.max(*horizon);
                     if lower <= upper {
-                        let mut rows = statement
-                            .query(params![id, level as i64, lower, upper])
-                            .map_err(read_error)?;
-                        while let Some(row) = rows.next().map_err(read_error)? {
-                            let blob = row
-                                .get_ref(0)
-                                .and_then(|value| value.as_blob().map_err(Into::into))
-                                .map_err(read_error)?;
+                        let window = params![id, level as i64, lower, upper];
+                        for_each_blob(&mut statement, window, |blob| {
                             let decoded = decode_level_chunk(level, blob)?;
                             samples.extend(decoded.into_iter().filter(|sample| {
                                 sample.timestamp_ms >= lower && sample.timestamp_ms <= upper
                             }));
-                        }
+                            Ok(())
+                        })?;
                     }
                     if *horizon <= hints.start_ms {
                         break;
