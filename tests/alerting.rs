@@ -22,92 +22,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::Router;
+use axum::http::StatusCode;
+use common::webhook::{assert_webhook_v4_fields, import_error_ratio, now_ms, Receiver};
 use common::Vigil;
 use parking_lot::Mutex;
 use serde_json::Value;
-
-/// A webhook receiver on 127.0.0.1 that records every request and answers with the next
-/// status of `statuses` (200 once they run out).
-#[derive(Clone, Default)]
-struct Receiver {
-    received: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
-    received_at: Arc<Mutex<Vec<Instant>>>,
-    statuses: Arc<Mutex<Vec<StatusCode>>>,
-}
-
-impl Receiver {
-    async fn start(failures_first: Vec<StatusCode>) -> (Receiver, String) {
-        Receiver::start_on("127.0.0.1:0", failures_first).await
-    }
-
-    async fn start_on(address: &str, failures_first: Vec<StatusCode>) -> (Receiver, String) {
-        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
-        Receiver::start_with(listener, failures_first)
-    }
-
-    fn start_with(
-        listener: tokio::net::TcpListener,
-        failures_first: Vec<StatusCode>,
-    ) -> (Receiver, String) {
-        let receiver = Receiver::default();
-        *receiver.statuses.lock() = failures_first;
-        let address = listener.local_addr().unwrap();
-        let app = Router::new()
-            .route("/hook", post(hook))
-            .route("/api/v2/alerts", post(hook))
-            .with_state(receiver.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (receiver, format!("http://{address}/hook"))
-    }
-
-    fn messages(&self) -> Vec<Value> {
-        self.received
-            .lock()
-            .iter()
-            .map(|(_, body)| body.clone())
-            .collect()
-    }
-
-    async fn wait_for(&self, count: usize, patience: Duration) -> anyhow::Result<Vec<Value>> {
-        let deadline = Instant::now() + patience;
-        loop {
-            let messages = self.messages();
-            if messages.len() >= count {
-                return Ok(messages);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} webhook messages after {patience:?}, wanted {count}: {messages:#?}",
-                    messages.len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn hook(State(receiver): State<Receiver>, headers: HeaderMap, body: String) -> StatusCode {
-    let status = {
-        let mut statuses = receiver.statuses.lock();
-        if statuses.is_empty() {
-            StatusCode::OK
-        } else {
-            statuses.remove(0)
-        }
-    };
-    if status.is_success() {
-        let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        receiver.received.lock().push((headers, json));
-        receiver.received_at.lock().push(Instant::now());
-    }
-    status
-}
 
 fn rules_file(directory: &std::path::Path) -> String {
     let path = directory.join("rules.yml");
@@ -158,33 +77,8 @@ alertmanager:
     )
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 async fn import(vigil: &Vigil, ratio: f64) -> anyhow::Result<()> {
-    let now = now_ms();
-    let body: String = ["a", "b", "c"]
-        .iter()
-        .map(|service| format!("error_ratio{{service=\"{service}\"}} {ratio} {now}\n"))
-        .collect();
-    let response = vigil
-        .client
-        .post(vigil.url("/api/v1/import"))
-        .body(body)
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!(
-            "import failed: {} {}",
-            response.status(),
-            response.text().await?
-        );
-    }
-    Ok(())
+    import_error_ratio(vigil, &["a", "b", "c"], ratio).await
 }
 
 async fn get_json(vigil: &Vigil, path: &str) -> anyhow::Result<Value> {
@@ -225,20 +119,7 @@ async fn rule_fires_webhook_gets_v4_payload_then_resolved_and_a_group_is_one_mes
         "three alerts of one group must arrive as one message: {messages:#?}"
     );
     let message = &messages[0];
-    for field in [
-        "receiver",
-        "status",
-        "alerts",
-        "groupLabels",
-        "commonLabels",
-        "commonAnnotations",
-        "externalURL",
-        "version",
-        "groupKey",
-        "truncatedAlerts",
-    ] {
-        assert!(message.get(field).is_some(), "missing {field}: {message:#}");
-    }
+    assert_webhook_v4_fields(message);
     assert_eq!(message["version"], "4");
     assert_eq!(message["receiver"], "hook");
     assert_eq!(message["status"], "firing");
@@ -1309,20 +1190,7 @@ alertmanager:
         "fired before for: 2s ({fired_after:?})"
     );
     let message = &firing[0];
-    for field in [
-        "receiver",
-        "status",
-        "alerts",
-        "groupLabels",
-        "commonLabels",
-        "commonAnnotations",
-        "externalURL",
-        "version",
-        "groupKey",
-        "truncatedAlerts",
-    ] {
-        assert!(message.get(field).is_some(), "missing {field}: {message:#}");
-    }
+    assert_webhook_v4_fields(message);
     assert_eq!(message.as_object().unwrap().len(), 10, "{message:#}");
     assert_eq!(message["version"], "4");
     assert_eq!(message["receiver"], "pager");

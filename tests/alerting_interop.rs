@@ -18,16 +18,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
+use common::webhook::{import_error_ratio, Receiver};
 use common::{free_tcp_port, Vigil};
-use parking_lot::Mutex;
 use serde_json::Value;
 
 const INSTALL_HINT: &str = "install Debian's packages `prometheus` and `prometheus-alertmanager` \
@@ -110,59 +105,6 @@ impl Drop for ToolProcess {
     }
 }
 
-/// A webhook receiver on 127.0.0.1 that records every JSON body it gets.
-#[derive(Clone, Default)]
-struct Receiver {
-    received: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    async fn start() -> (Receiver, String) {
-        let receiver = Receiver::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let app = Router::new()
-            .route("/hook", post(hook))
-            .with_state(receiver.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (receiver, format!("http://{address}/hook"))
-    }
-
-    fn messages(&self) -> Vec<Value> {
-        self.received.lock().clone()
-    }
-
-    /// Polls until a message satisfies `wanted`, for at most `patience`.
-    async fn wait_for_message(
-        &self,
-        what: &str,
-        patience: Duration,
-        wanted: impl Fn(&Value) -> bool,
-    ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + patience;
-        loop {
-            if let Some(message) = self.messages().into_iter().find(&wanted) {
-                return Ok(message);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "no webhook message {what} after {patience:?}; got {:#?}",
-                    self.messages()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-async fn hook(State(receiver): State<Receiver>, body: String) -> StatusCode {
-    let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    receiver.received.lock().push(json);
-    StatusCode::OK
-}
-
 /// Returns the sorted values of `label` over the alerts of a webhook message.
 fn alert_label_values(message: &Value, label: &str) -> Vec<String> {
     let mut values: Vec<String> = message["alerts"]
@@ -174,36 +116,6 @@ fn alert_label_values(message: &Value, label: &str) -> Vec<String> {
         .collect();
     values.sort();
     values
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Imports `error_ratio{service=...} value` for each service, timestamped now.
-async fn import_error_ratio(vigil: &Vigil, services: &[&str], value: f64) -> anyhow::Result<()> {
-    let now = now_ms();
-    let body: String = services
-        .iter()
-        .map(|service| format!("error_ratio{{service=\"{service}\"}} {value} {now}\n"))
-        .collect();
-    let response = vigil
-        .client
-        .post(vigil.url("/api/v1/import"))
-        .body(body)
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!(
-            "import failed: {} {}",
-            response.status(),
-            response.text().await?
-        );
-    }
-    Ok(())
 }
 
 /// Writes a rule file firing `HighErrorRate` (severity page) for `error_ratio > 0.05`.
@@ -295,7 +207,7 @@ fn services_of(alerts: &[Value]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_delivers_its_alert_through_vigils_webhook_route() -> anyhow::Result<()> {
     require_tool("prometheus")?;
-    let (receiver, url) = Receiver::start().await;
+    let (receiver, url) = Receiver::start(Vec::new()).await;
     let vigil = Vigil::start(&format!(
         r#"
 rule_files: []
@@ -445,7 +357,7 @@ alerting:
 async fn amtool_lists_vigils_alerts_and_adds_queries_and_expires_a_silence_that_mutes(
 ) -> anyhow::Result<()> {
     require_tool("amtool")?;
-    let (receiver, url) = Receiver::start().await;
+    let (receiver, url) = Receiver::start(Vec::new()).await;
     let directory = tempfile::tempdir()?;
     let rules = error_ratio_rules(directory.path())?;
     let vigil = Vigil::start(&format!(
@@ -552,7 +464,7 @@ alertmanager:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vigils_alerting_section_sends_its_alerts_to_a_real_alertmanager() -> anyhow::Result<()> {
     require_tool("prometheus-alertmanager")?;
-    let (receiver, url) = Receiver::start().await;
+    let (receiver, url) = Receiver::start(Vec::new()).await;
     let directory = tempfile::tempdir()?;
     std::fs::write(
         directory.path().join("alertmanager.yml"),
