@@ -6,10 +6,11 @@
 mod common;
 
 use std::io::Write as _;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use common::{free_tcp_port, Vigil};
+use common::otlp::{now_ns, start_otlp, string_kv, Otlp};
+use common::Vigil;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
@@ -32,43 +33,6 @@ use prost::Message;
 use serde_json::{json, Value};
 
 const REQUEST_ID: &str = "7d3f0a52-9c1e-4b8a-a6f2-3e5d9b1c0a47";
-
-struct Otlp {
-    vigil: Vigil,
-    grpc_url: String,
-    http_url: String,
-}
-
-async fn start(extra: &str) -> anyhow::Result<Otlp> {
-    let grpc_port = free_tcp_port();
-    let http_port = free_tcp_port();
-    let vigil = Vigil::start(&format!(
-        "server:\n  self_monitoring: false\n  max_body_bytes: 1MiB\notlp:\n  grpc_listen: 127.0.0.1:{grpc_port}\n  http_listen: 127.0.0.1:{http_port}\n{extra}"
-    ))
-    .await?;
-    Ok(Otlp {
-        vigil,
-        grpc_url: format!("http://127.0.0.1:{grpc_port}"),
-        http_url: format!("http://127.0.0.1:{http_port}"),
-    })
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-fn string_kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_string())),
-        }),
-        ..KeyValue::default()
-    }
-}
 
 fn resource(service: &str) -> Option<Resource> {
     Some(Resource {
@@ -178,7 +142,7 @@ fn metrics_request(service: &str, metrics: Vec<Metric>) -> ExportMetricsServiceR
 #[tokio::test]
 async fn metrics_of_every_point_type_answer_in_promql_with_the_exporter_names() -> anyhow::Result<()>
 {
-    let otlp = start("").await?;
+    let otlp = start_otlp("").await?;
     let time_ns = now_ns();
     let request = metrics_request(
         "checkout",
@@ -423,7 +387,7 @@ async fn search_total(vigil: &Vigil, query: &str, expected: u64) -> anyhow::Resu
 #[tokio::test]
 async fn logs_in_protobuf_and_json_are_found_by_level_service_phrase_and_request_id(
 ) -> anyhow::Result<()> {
-    let otlp = start("").await?;
+    let otlp = start_otlp("").await?;
     let protobuf_request = ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: resource("orders"),
@@ -618,7 +582,7 @@ impl tonic::codec::Decoder for RawDecoder {
 #[tokio::test]
 async fn traces_over_grpc_and_http_with_partial_success_error_codes_and_span_metrics(
 ) -> anyhow::Result<()> {
-    let otlp = start("statsd:\n  flush_interval: 1s\n").await?;
+    let otlp = start_otlp("statsd:\n  flush_interval: 1s\n").await?;
     let trace_id = [0x3c; 16];
     // gateway → orders → market, each service exporting its own spans, as SDKs do.
     let mut grpc = TraceServiceClient::connect(otlp.grpc_url.clone())

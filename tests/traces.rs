@@ -8,12 +8,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::{free_tcp_port, Vigil};
+use common::otlp::{int_kv, now_ns, start_otlp, string_kv, Otlp};
+use common::Vigil;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
@@ -24,53 +25,6 @@ const TRACE_ID: [u8; 16] = [
     0x5b, 0x8e, 0xff, 0xf7, 0x98, 0x03, 0x81, 0x03, 0xd2, 0x69, 0xb6, 0x33, 0x81, 0x3f, 0xc6, 0x0c,
 ];
 const TRACE_HEX: &str = "5b8efff798038103d269b633813fc60c";
-
-struct Otlp {
-    vigil: Vigil,
-    grpc_url: String,
-    http_url: String,
-}
-
-async fn start() -> anyhow::Result<Otlp> {
-    let grpc_port = free_tcp_port();
-    let http_port = free_tcp_port();
-    let vigil = Vigil::start(&format!(
-        "server:\n  self_monitoring: false\notlp:\n  grpc_listen: 127.0.0.1:{grpc_port}\n  http_listen: 127.0.0.1:{http_port}\n"
-    ))
-    .await?;
-    Ok(Otlp {
-        vigil,
-        grpc_url: format!("http://127.0.0.1:{grpc_port}"),
-        http_url: format!("http://127.0.0.1:{http_port}"),
-    })
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-fn string_kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_string())),
-        }),
-        ..KeyValue::default()
-    }
-}
-
-fn int_kv(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
-        }),
-        ..KeyValue::default()
-    }
-}
 
 /// An export of one service's spans, with the resource and scope an SDK sets.
 fn export(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
@@ -253,7 +207,7 @@ async fn send_three_service_trace(otlp: &Otlp, start: u64) -> anyhow::Result<()>
 #[tokio::test]
 async fn a_trace_across_three_services_is_whole_found_graphed_and_correlated_with_its_logs(
 ) -> anyhow::Result<()> {
-    let otlp = start().await?;
+    let otlp = start_otlp("").await?;
     let vigil = &otlp.vigil;
     // Log lines of the same request, as a JSON logger writes them: one carries the request
     // ID, one only the trace ID.
@@ -482,7 +436,7 @@ async fn a_trace_across_three_services_is_whole_found_graphed_and_correlated_wit
 
 #[tokio::test]
 async fn every_acknowledged_span_is_there_after_a_kill_9() -> anyhow::Result<()> {
-    let mut otlp = start().await?;
+    let mut otlp = start_otlp("").await?;
     let mut grpc = TraceServiceClient::connect(otlp.grpc_url.clone()).await?;
     let start_ns = now_ns() - 60_000_000_000;
     let mut trace_ids = Vec::new();

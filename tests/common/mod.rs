@@ -10,6 +10,7 @@
 //! ```
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod otlp;
 pub mod webhook;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
