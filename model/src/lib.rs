@@ -27,7 +27,7 @@ pub use sink::{
 };
 pub use sketch::{Sketch, SketchDecodeError, SKETCH_RELATIVE_ACCURACY};
 pub use span::{
-    hex_id, parse_hex_id, MemorySpanSink, Span, SpanEvent, SpanKind, SpanLink, SpanSink,
-    SpanSinkError, StatusCode,
+    hex_id, parse_hex_id, MemorySpanSink, Span, SpanEvent, SpanKind, SpanLink, SpanResource,
+    SpanSink, SpanSinkError, StatusCode,
 };
 pub use telemetry::Telemetry;

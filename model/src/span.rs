@@ -1,8 +1,11 @@
 //! Spans (DESIGN.md §6, OTLP's model) and the [`SpanSink`] through which the collector writes them.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A span's resource attributes: one set per resource of an export, shared by its spans.
+pub type SpanResource = Arc<serde_json::Map<String, serde_json::Value>>;
 
 /// What a span stands for in its trace, as OTLP's `Span.SpanKind`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -133,15 +136,33 @@ pub struct Span {
     /// Span attributes, OTLP `AnyValue`s as JSON.
     #[serde(default)]
     pub attributes: serde_json::Map<String, serde_json::Value>,
-    /// Resource attributes (including `service.name`), OTLP `AnyValue`s as JSON.
-    #[serde(default)]
-    pub resource: serde_json::Map<String, serde_json::Value>,
+    /// Resource attributes (including `service.name`), OTLP `AnyValue`s as JSON; shared by
+    /// the spans of one resource (`Arc::make_mut` to change one span's copy).
+    #[serde(
+        default,
+        serialize_with = "serialize_resource",
+        deserialize_with = "deserialize_resource"
+    )]
+    pub resource: SpanResource,
     /// Events, in the order sent.
     #[serde(default)]
     pub events: Vec<SpanEvent>,
     /// Links, in the order sent.
     #[serde(default)]
     pub links: Vec<SpanLink>,
+}
+
+fn serialize_resource<S: Serializer>(
+    resource: &SpanResource,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    resource.as_ref().serialize(serializer)
+}
+
+fn deserialize_resource<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SpanResource, D::Error> {
+    serde_json::Map::deserialize(deserializer).map(Arc::new)
 }
 
 /// The span store refused a write.

@@ -76,7 +76,7 @@ fn naive_write(connection: &Connection, spans: &[Span]) {
                     span.duration_ns,
                     span.status.as_str(),
                     serde_json::to_string(&span.attributes).unwrap_or_default(),
-                    serde_json::to_string(&span.resource).unwrap_or_default(),
+                    serde_json::to_string(span.resource.as_ref()).unwrap_or_default(),
                     serde_json::to_string(&span.events).unwrap_or_default(),
                 ])
                 .expect("insert");

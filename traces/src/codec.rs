@@ -6,7 +6,7 @@
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
-use vigil_model::{Span, SpanEvent, SpanKind, SpanLink, StatusCode};
+use vigil_model::{Span, SpanEvent, SpanKind, SpanLink, SpanResource, StatusCode};
 
 /// Format version written as the first byte of every chunk.
 const CHUNK_FORMAT: u8 = 1;
@@ -246,14 +246,19 @@ struct ChunkRef<'a> {
 /// # Errors
 /// postcard's error (it does not fail on these types in practice).
 pub fn encode_chunk(trace_id: [u8; 16], spans: &[&Span]) -> Result<Vec<u8>, postcard::Error> {
-    let mut resources: Vec<&Map<String, Value>> = Vec::new();
+    let mut resources: Vec<&SpanResource> = Vec::new();
     let mut span_refs = Vec::with_capacity(spans.len());
     for span in spans {
         debug_assert_eq!(span.trace_id, trace_id);
+        // Spans of one export share their resource's `Arc`; equal copies are merged too.
         let resource_index = match resources
             .iter()
-            .position(|resource| *resource == &span.resource)
-        {
+            .position(|resource| SpanResource::ptr_eq(resource, &span.resource))
+            .or_else(|| {
+                resources
+                    .iter()
+                    .position(|resource| *resource == &span.resource)
+            }) {
             Some(index) => index,
             None => {
                 resources.push(&span.resource);
@@ -294,7 +299,10 @@ pub fn encode_chunk(trace_id: [u8; 16], spans: &[&Span]) -> Result<Vec<u8>, post
     }
     let chunk = ChunkRef {
         trace_id,
-        resources: resources.into_iter().map(ObjectAsStored).collect(),
+        resources: resources
+            .into_iter()
+            .map(|resource| ObjectAsStored(resource.as_ref()))
+            .collect(),
         spans: span_refs,
     };
     let mut bytes = Vec::with_capacity(256 * spans.len());
@@ -312,8 +320,11 @@ pub fn decode_chunk(bytes: &[u8]) -> Result<Vec<Span>, DecodeError> {
         return Err(DecodeError::UnknownFormat(*format));
     }
     let chunk: StoredChunk = postcard::from_bytes(body)?;
-    let resources: Vec<Map<String, Value>> =
-        chunk.resources.into_iter().map(stored_to_object).collect();
+    let resources: Vec<SpanResource> = chunk
+        .resources
+        .into_iter()
+        .map(|pairs| SpanResource::new(stored_to_object(pairs)))
+        .collect();
     let mut spans = Vec::with_capacity(chunk.spans.len());
     for stored in chunk.spans {
         let resource = resources
@@ -356,6 +367,67 @@ pub fn decode_chunk(bytes: &[u8]) -> Result<Vec<Span>, DecodeError> {
     Ok(spans)
 }
 
+/// Format version written as the first byte of every span index entry list.
+const INDEX_FORMAT: u8 = 1;
+
+/// A span's entry in its service's index row (`span_groups.spans` in the store): what trace
+/// search, duration filters and the service graph read, without the span's body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedSpan {
+    /// Position of the span in its chunk (the chunk's `decode_chunk` order).
+    pub position: u16,
+    /// The span's operation (`operations.id` of its partition).
+    pub operation_id: i64,
+    /// How long before the row's `start_ns` (the latest start of the row) the span started.
+    pub start_offset_ns: u64,
+    /// Duration, ns.
+    pub duration_ns: i64,
+    /// Whether the span's status is error.
+    pub error: bool,
+    /// The span's ID.
+    pub span_id: [u8; 8],
+    /// The parent's ID, `None` for a root span.
+    pub parent_span_id: Option<[u8; 8]>,
+}
+
+/// Encodes the index entries of one row.
+///
+/// # Errors
+/// postcard's error (it does not fail on these types in practice).
+pub fn encode_span_index(entries: &[IndexedSpan]) -> Result<Vec<u8>, postcard::Error> {
+    let mut bytes = Vec::with_capacity(1 + 32 * entries.len());
+    bytes.push(INDEX_FORMAT);
+    postcard::to_extend(entries, bytes)
+}
+
+/// Decodes the index entries of one row.
+///
+/// # Errors
+/// [`DecodeError`] when the bytes are not an entry list.
+pub fn decode_span_index(bytes: &[u8]) -> Result<Vec<IndexedSpan>, DecodeError> {
+    let (format, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if *format != INDEX_FORMAT {
+        return Err(DecodeError::UnknownFormat(*format));
+    }
+    Ok(postcard::from_bytes(body)?)
+}
+
+/// Encodes the correlation values of a chunk's trace (`chunks.correlation` in the store).
+///
+/// # Errors
+/// postcard's error (it does not fail on strings in practice).
+pub fn encode_correlation_values(values: &[String]) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_allocvec(values)
+}
+
+/// Decodes the correlation values of a chunk.
+///
+/// # Errors
+/// [`DecodeError`] when the bytes are not a list of strings.
+pub fn decode_correlation_values(bytes: &[u8]) -> Result<Vec<String>, DecodeError> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,7 +455,7 @@ mod tests {
         span.attributes.insert("big".into(), json!(u64::MAX));
         span.attributes
             .insert("nested".into(), json!({"a": [1, "x", null, true]}));
-        span.resource.insert("service.name".into(), json!("orders"));
+        SpanResource::make_mut(&mut span.resource).insert("service.name".into(), json!("orders"));
         span.events.push(SpanEvent {
             time_unix_nano: 1_700_000_000_200_000_000,
             name: "exception".to_string(),
@@ -409,7 +481,7 @@ mod tests {
         second.kind = SpanKind::Consumer;
         second.status = StatusCode::Ok;
         let mut third = sample_span();
-        third.resource.insert("host.name".into(), json!("h1"));
+        SpanResource::make_mut(&mut third.resource).insert("host.name".into(), json!("h1"));
         let bytes = encode_chunk([7; 16], &[&first, &second, &third]).unwrap();
         let decoded = decode_chunk(&bytes).unwrap();
         assert_eq!(decoded, vec![first, second, third]);
@@ -426,7 +498,53 @@ mod tests {
         assert!(decode_chunk(&bytes[..bytes.len() / 2]).is_err());
     }
 
+    fn index_entry() -> impl Strategy<Value = IndexedSpan> {
+        (
+            any::<u16>(),
+            prop_oneof![Just(0i64), Just(1), Just(i64::MAX), any::<i64>()],
+            prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+            prop_oneof![Just(0i64), Just(i64::MAX), any::<i64>()],
+            any::<bool>(),
+            any::<[u8; 8]>(),
+            proptest::option::of(any::<[u8; 8]>()),
+        )
+            .prop_map(
+                |(position, operation_id, start_offset_ns, duration_ns, error, span_id, parent)| {
+                    IndexedSpan {
+                        position,
+                        operation_id,
+                        start_offset_ns,
+                        duration_ns,
+                        error,
+                        span_id,
+                        parent_span_id: parent,
+                    }
+                },
+            )
+    }
+
     proptest! {
+        #[test]
+        fn index_entries_round_trip(entries in proptest::collection::vec(index_entry(), 0..20)) {
+            let bytes = encode_span_index(&entries).unwrap();
+            prop_assert_eq!(decode_span_index(&bytes).unwrap(), entries);
+        }
+
+        #[test]
+        fn correlation_values_round_trip(values in proptest::collection::vec(".{0,40}", 0..5)) {
+            let bytes = encode_correlation_values(&values).unwrap();
+            prop_assert_eq!(decode_correlation_values(&bytes).unwrap(), values);
+            let _ = decode_correlation_values(&bytes[..bytes.len() / 2]);
+        }
+
+        #[test]
+        fn decoding_arbitrary_index_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut framed = vec![INDEX_FORMAT];
+            framed.extend_from_slice(&bytes);
+            let _ = decode_span_index(&framed);
+            let _ = decode_span_index(&bytes);
+        }
+
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut framed = vec![CHUNK_FORMAT];
@@ -445,7 +563,7 @@ mod tests {
         ) {
             let mut span = sample_span();
             span.attributes.insert(key.clone(), json!([text, signed, float, flag]));
-            span.resource.insert(key, json!({"n": signed}));
+            SpanResource::make_mut(&mut span.resource).insert(key, json!({"n": signed}));
             let bytes = encode_chunk([7; 16], &[&span]).unwrap();
             prop_assert_eq!(decode_chunk(&bytes).unwrap(), vec![span]);
         }

@@ -126,12 +126,12 @@ pub(crate) fn jaeger_trace(trace_id: &[u8; 16], spans: &[Span]) -> Value {
     for span in spans {
         let resource_key = (
             span.service.clone(),
-            Value::Object(span.resource.clone()).to_string(),
+            Value::Object(span.resource.as_ref().clone()).to_string(),
         );
         let process_id = match process_ids.get(&resource_key) {
             Some(id) => id.clone(),
             None => {
-                processes.push((span.service.clone(), &span.resource));
+                processes.push((span.service.clone(), span.resource.as_ref()));
                 let id = format!("p{}", processes.len());
                 process_ids.insert(resource_key, id.clone());
                 id

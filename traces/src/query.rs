@@ -8,7 +8,8 @@ use rusqlite::params;
 use serde_json::Value;
 use vigil_model::{parse_hex_id, Span, StatusCode};
 
-use crate::store::{read_chunk, read_trace, split_span_no, SpanStore, StoreError};
+use crate::codec::{decode_span_index, IndexedSpan};
+use crate::store::{read_chunk, read_trace, SpanStore, StoreError, GROUP_SPREAD_NS};
 
 /// Spans the dependency graph reads at most per request; past it the graph covers the newest
 /// part of the window and says so.
@@ -217,8 +218,9 @@ impl SpanStore {
     pub fn trace(&self, trace_id: &[u8; 16]) -> Result<Vec<Span>, StoreError> {
         let mut spans = Vec::new();
         for partition in self.partitions_newest_first() {
+            let recent_chunks = partition.recent_chunks(trace_id);
             partition.read(|connection| {
-                spans.extend(read_trace(connection, trace_id)?);
+                spans.extend(read_trace(connection, trace_id, &recent_chunks)?);
                 Ok(())
             })?;
         }
@@ -288,6 +290,11 @@ impl SpanStore {
         for partition in self.partitions_newest_first() {
             if found.len() >= limit {
                 break;
+            }
+            for trace_id in partition.recent_traces_with_value(value) {
+                if !found.contains(&trace_id) {
+                    found.push(trace_id);
+                }
             }
             partition.read(|connection| {
                 let mut statement = connection
@@ -436,31 +443,35 @@ impl SpanStore {
                         service_names.push(name);
                     }
                     let mut statement = connection.prepare_cached(
-                        "SELECT trace_id, span_id, parent_span_id, error FROM spans_by_service \
+                        "SELECT start_ns, trace_id, spans FROM span_groups \
                          WHERE service_id = ?1 AND start_ns BETWEEN ?2 AND ?3 ORDER BY start_ns DESC",
                     )?;
-                    let mut rows = statement.query(params![service_id, start_ns, end_ns])?;
-                    while let Some(row) = rows.next()? {
-                        read += 1;
-                        if read > MAX_DEPENDENCY_SPANS {
-                            truncated = true;
-                            break;
-                        }
-                        let trace: Vec<u8> = row.get(0)?;
-                        let span: Vec<u8> = row.get(1)?;
-                        let parent: Option<Vec<u8>> = row.get(2)?;
-                        let error: bool = row.get::<_, i64>(3)? != 0;
-                        let (Ok(trace), Ok(span)) = (
-                            <[u8; 16]>::try_from(trace.as_slice()),
-                            <[u8; 8]>::try_from(span.as_slice()),
-                        ) else {
+                    let mut rows = statement.query(params![
+                        service_id,
+                        start_ns,
+                        end_ns.saturating_add(GROUP_SPREAD_NS)
+                    ])?;
+                    'rows: while let Some(row) = rows.next()? {
+                        let key_start: i64 = row.get(0)?;
+                        let trace: Vec<u8> = row.get(1)?;
+                        let Ok(trace) = <[u8; 16]>::try_from(trace.as_slice()) else {
                             continue;
                         };
-                        owner.insert((trace, span), index);
-                        if let Some(Ok(parent)) =
-                            parent.map(|parent| <[u8; 8]>::try_from(parent.as_slice()))
-                        {
-                            children.push((trace, parent, index, error));
+                        let entries: Vec<u8> = row.get(2)?;
+                        for entry in decode_span_index(&entries)? {
+                            let start = entry_start(key_start, &entry);
+                            if start < start_ns || start > end_ns {
+                                continue;
+                            }
+                            read += 1;
+                            if read > MAX_DEPENDENCY_SPANS {
+                                truncated = true;
+                                break 'rows;
+                            }
+                            owner.insert((trace, entry.span_id), index);
+                            if let Some(parent) = entry.parent_span_id {
+                                children.push((trace, parent, index, entry.error));
+                            }
                         }
                     }
                 }
@@ -496,30 +507,90 @@ impl SpanStore {
     }
 }
 
-/// Where a partition search reads: a service's rows or an operation's rows.
-enum IndexRange {
-    Service(i64),
-    Operation(i64),
+/// The start of an index entry's span in the row keyed `key_start`.
+fn entry_start(key_start: i64, entry: &IndexedSpan) -> i64 {
+    key_start.saturating_sub(i64::try_from(entry.start_offset_ns).unwrap_or(i64::MAX))
 }
 
-/// Finds up to `limit` traces per index range in one partition: (start of the matching span,
-/// trace), newest first.
+/// Where a partition search reads: a service's rows, with the operations a span must have
+/// (any when `None`).
+struct IndexRange {
+    service_id: i64,
+    operation_ids: Option<HashSet<i64>>,
+}
+
+/// The traces found so far by one range of a search, with the latest start of a matching span
+/// of each, and the start below which no span can enter the `limit` newest any more.
+struct SearchHits {
+    latest: HashMap<[u8; 16], i64>,
+    limit: usize,
+    /// The `limit`-th latest start found (`i64::MIN` while fewer traces are found).
+    threshold: i64,
+}
+
+impl SearchHits {
+    fn new(limit: usize) -> Self {
+        SearchHits {
+            latest: HashMap::new(),
+            limit,
+            threshold: i64::MIN,
+        }
+    }
+
+    fn add(&mut self, trace_id: [u8; 16], start_ns: i64) {
+        let latest = self.latest.entry(trace_id).or_insert(i64::MIN);
+        if start_ns <= *latest {
+            return;
+        }
+        *latest = start_ns;
+        if self.latest.len() >= self.limit {
+            let mut starts: Vec<i64> = self.latest.values().copied().collect();
+            starts.sort_unstable_by(|left, right| right.cmp(left));
+            self.threshold = starts[self.limit - 1];
+        }
+    }
+
+    /// Whether a span starting at `start_ns` or earlier can still be among the results.
+    fn wants(&self, start_ns: i64) -> bool {
+        start_ns >= self.threshold
+    }
+}
+
+/// Finds the traces with a matching span in one partition: (start of the latest matching
+/// span, trace), at least the `limit` newest per index range. Rows are read newest first; a
+/// row keyed `start_ns` holds spans that started up to [`GROUP_SPREAD_NS`] before it.
 fn search_partition(
     connection: &rusqlite::Connection,
     query: &TraceQuery,
     limit: usize,
 ) -> Result<Vec<(i64, [u8; 16])>, StoreError> {
-    let mut ranges = Vec::new();
+    let mut ranges: Vec<IndexRange> = Vec::new();
     match (&query.service, &query.operation) {
         (service, Some(operation)) => {
             let mut statement = connection.prepare_cached(
-                "SELECT operations.id FROM operations JOIN services ON services.id = operations.service_id \
+                "SELECT operations.id, operations.service_id FROM operations \
+                 JOIN services ON services.id = operations.service_id \
                  WHERE operations.name = ?1 AND (?2 IS NULL OR services.name = ?2)",
             )?;
-            let rows =
-                statement.query_map(params![operation, service], |row| row.get::<_, i64>(0))?;
+            let rows = statement.query_map(params![operation, service], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })?;
             for row in rows {
-                ranges.push(IndexRange::Operation(row?));
+                let (operation_id, service_id) = row?;
+                match ranges
+                    .iter_mut()
+                    .find(|range| range.service_id == service_id)
+                {
+                    Some(range) => {
+                        if let Some(operation_ids) = range.operation_ids.as_mut() {
+                            operation_ids.insert(operation_id);
+                        }
+                    }
+                    None => ranges.push(IndexRange {
+                        service_id,
+                        operation_ids: Some(HashSet::from([operation_id])),
+                    }),
+                }
             }
         }
         (Some(service), None) => {
@@ -527,14 +598,20 @@ fn search_partition(
                 connection.prepare_cached("SELECT id FROM services WHERE name = ?1")?;
             let rows = statement.query_map([service], |row| row.get::<_, i64>(0))?;
             for row in rows {
-                ranges.push(IndexRange::Service(row?));
+                ranges.push(IndexRange {
+                    service_id: row?,
+                    operation_ids: None,
+                });
             }
         }
         (None, None) => {
             let mut statement = connection.prepare_cached("SELECT id FROM services")?;
             let rows = statement.query_map([], |row| row.get::<_, i64>(0))?;
             for row in rows {
-                ranges.push(IndexRange::Service(row?));
+                ranges.push(IndexRange {
+                    service_id: row?,
+                    operation_ids: None,
+                });
             }
         }
     }
@@ -544,66 +621,77 @@ fn search_partition(
     let mut examined = 0usize;
     let mut chunk_cache: HashMap<i64, Vec<Span>> = HashMap::new();
     for range in ranges {
-        let (sql, id) = match range {
-            IndexRange::Service(id) => (
-                "SELECT start_ns, span_no, trace_id FROM spans_by_service \
-                 WHERE service_id = ?1 AND start_ns BETWEEN ?2 AND ?3 \
-                 AND duration_ns BETWEEN ?4 AND ?5 ORDER BY start_ns DESC",
-                id,
-            ),
-            IndexRange::Operation(id) => (
-                "SELECT start_ns, span_no, trace_id FROM spans_by_operation \
-                 WHERE operation_id = ?1 AND start_ns BETWEEN ?2 AND ?3 \
-                 AND duration_ns BETWEEN ?4 AND ?5 ORDER BY start_ns DESC",
-                id,
-            ),
-        };
-        let mut statement = connection.prepare_cached(sql)?;
+        let mut statement = connection.prepare_cached(
+            "SELECT start_ns, chunk_id, trace_id, spans FROM span_groups \
+             WHERE service_id = ?1 AND start_ns BETWEEN ?2 AND ?3 ORDER BY start_ns DESC",
+        )?;
         let mut rows = statement.query(params![
-            id,
+            range.service_id,
             query.start_ns,
-            query.end_ns,
-            min_duration,
-            max_duration
+            query.end_ns.saturating_add(GROUP_SPREAD_NS)
         ])?;
-        let mut found: HashSet<[u8; 16]> = HashSet::new();
-        while let Some(row) = rows.next()? {
-            examined += 1;
-            if examined > MAX_SEARCH_ROWS {
-                tracing::debug!("trace search stopped after {MAX_SEARCH_ROWS} index rows");
-                return Ok(hits);
+        let mut found = SearchHits::new(limit);
+        'rows: while let Some(row) = rows.next()? {
+            let key_start: i64 = row.get(0)?;
+            if !found.wants(key_start) {
+                break;
             }
-            let start_ns: i64 = row.get(0)?;
-            let span_no: i64 = row.get(1)?;
+            let chunk_id: i64 = row.get(1)?;
             let trace: Vec<u8> = row.get(2)?;
             let Ok(trace_id) = <[u8; 16]>::try_from(trace.as_slice()) else {
                 continue;
             };
-            if found.contains(&trace_id) {
-                continue;
-            }
-            if !query.tags.is_empty() {
-                let (chunk_id, position) = split_span_no(span_no);
-                if !chunk_cache.contains_key(&chunk_id) {
-                    if chunk_cache.len() > 4_096 {
-                        chunk_cache.clear();
-                    }
-                    chunk_cache.insert(chunk_id, read_chunk(connection, chunk_id)?);
+            let entries: Vec<u8> = row.get(3)?;
+            for entry in decode_span_index(&entries)? {
+                examined += 1;
+                if examined > MAX_SEARCH_ROWS {
+                    tracing::debug!("trace search stopped after {MAX_SEARCH_ROWS} index entries");
+                    break 'rows;
                 }
-                let matched = chunk_cache
-                    .get(&chunk_id)
-                    .and_then(|spans| spans.get(position))
-                    .is_some_and(|span| query.matches(span));
-                if !matched {
+                let start_ns = entry_start(key_start, &entry);
+                if start_ns < query.start_ns
+                    || start_ns > query.end_ns
+                    || entry.duration_ns < min_duration
+                    || entry.duration_ns > max_duration
+                    || !found.wants(start_ns)
+                    || found
+                        .latest
+                        .get(&trace_id)
+                        .is_some_and(|latest| *latest >= start_ns)
+                {
                     continue;
                 }
-            }
-            found.insert(trace_id);
-            hits.push((start_ns, trace_id));
-            if found.len() >= limit {
-                break;
+                if range
+                    .operation_ids
+                    .as_ref()
+                    .is_some_and(|operation_ids| !operation_ids.contains(&entry.operation_id))
+                {
+                    continue;
+                }
+                if !query.tags.is_empty() {
+                    if !chunk_cache.contains_key(&chunk_id) {
+                        if chunk_cache.len() > 4_096 {
+                            chunk_cache.clear();
+                        }
+                        chunk_cache.insert(chunk_id, read_chunk(connection, chunk_id)?);
+                    }
+                    let matched = chunk_cache
+                        .get(&chunk_id)
+                        .and_then(|spans| spans.get(usize::from(entry.position)))
+                        .is_some_and(|span| query.matches(span));
+                    if !matched {
+                        continue;
+                    }
+                }
+                found.add(trace_id, start_ns);
             }
         }
+        hits.extend(
+            found
+                .latest
+                .into_iter()
+                .map(|(trace_id, start_ns)| (start_ns, trace_id)),
+        );
     }
     Ok(hits)
 }

@@ -10,11 +10,12 @@
 //! - `chunks(id, trace_id, body)`: the spans of one trace written by one call, postcard
 //!   encoded ([`crate::codec`]), appended in rowid order; indexed by `trace_id` (one index entry
 //!   per trace per call, not per span).
-//! - `spans_by_service(service_id, start_ns, span_no, ...)` and
-//!   `spans_by_operation(operation_id, start_ns, span_no, ...)`: clustered (WITHOUT ROWID)
-//!   per-span rows carrying duration, error flag, trace, span and parent IDs, so service/time
-//!   searches, duration filters and the dependency graph read the index alone; their keys grow
-//!   with time per service, so inserts land at the right edge of the B-tree.
+//! - `span_groups(service_id, start_ns, chunk_id, trace_id, spans)`: clustered (WITHOUT ROWID)
+//!   index rows, one per chunk and service (split so a row's starts are at most a minute
+//!   apart), keyed by the latest start; `spans` packs each span's operation, start, duration,
+//!   error flag, span and parent IDs ([`crate::codec::IndexedSpan`]), so service/operation/time
+//!   searches, duration filters and the dependency graph read the index alone; keys grow with
+//!   time per service, so inserts land at the right edge of the B-tree.
 //! - `correlation(value, trace_id)`: one row per trace and correlation value (request ID…),
 //!   from the configured span attributes.
 //! - `services`, `operations`: name dictionaries; `meta`: first and last span start.
@@ -33,28 +34,45 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use vigil_model::{Span, SpanSink, SpanSinkError, StatusCode};
 
-use crate::codec::{decode_chunk, encode_chunk, DecodeError};
+use crate::codec::{
+    decode_chunk, decode_correlation_values, encode_chunk, encode_correlation_values,
+    encode_span_index, DecodeError, IndexedSpan,
+};
 
-/// Spans per chunk at most; `span_no` is `chunk_id << SPAN_NO_BITS | index`.
-const SPAN_NO_BITS: u32 = 12;
-const MAX_SPANS_PER_CHUNK: usize = 1 << SPAN_NO_BITS;
+/// Spans per chunk at most (an index entry names its span by a `u16` position).
+const MAX_SPANS_PER_CHUNK: usize = 4_096;
+/// The spans of one `span_groups` row started at most this long before the row's `start_ns`
+/// (the latest start among them), so the rows holding spans that started in `[start, end]`
+/// are those keyed in `[start, end + GROUP_SPREAD_NS]`.
+pub(crate) const GROUP_SPREAD_NS: i64 = 60_000_000_000;
 /// Spans one group commit takes at most (more wait for the next).
 const MAX_GROUP_SPANS: usize = 16_384;
 /// Reader connections kept per partition.
 const MAX_IDLE_READERS: usize = 8;
+/// Entries (chunks and correlation values) the head keeps in its [`RecentIndex`] before they
+/// are merged into `trace_index` and `correlation` in one sorted pass.
+const RECENT_INDEX_ENTRIES: usize = 131_072;
 /// How often the background thread checkpoints the head's WAL.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// WAL size past which a checkpoint finishes under the writer lock, and to which an idle WAL
 /// file is truncated.
 const WAL_RESET_BYTES: u64 = 64 << 20;
 
+/// The layout version of a partition file (`PRAGMA user_version`).
+const PARTITION_FORMAT: i64 = 2;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY,
     trace_id BLOB NOT NULL,
+    correlation BLOB,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS chunks_by_trace ON chunks(trace_id);
+CREATE TABLE IF NOT EXISTS trace_index (
+    trace_id BLOB NOT NULL,
+    chunk_id INTEGER NOT NULL,
+    PRIMARY KEY (trace_id, chunk_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS services (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE
@@ -66,25 +84,13 @@ CREATE TABLE IF NOT EXISTS operations (
     kind TEXT NOT NULL,
     UNIQUE (service_id, name)
 );
-CREATE TABLE IF NOT EXISTS spans_by_service (
+CREATE TABLE IF NOT EXISTS span_groups (
     service_id INTEGER NOT NULL,
     start_ns INTEGER NOT NULL,
-    span_no INTEGER NOT NULL,
-    operation_id INTEGER NOT NULL,
-    duration_ns INTEGER NOT NULL,
-    error INTEGER NOT NULL,
+    chunk_id INTEGER NOT NULL,
     trace_id BLOB NOT NULL,
-    span_id BLOB NOT NULL,
-    parent_span_id BLOB,
-    PRIMARY KEY (service_id, start_ns, span_no)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS spans_by_operation (
-    operation_id INTEGER NOT NULL,
-    start_ns INTEGER NOT NULL,
-    span_no INTEGER NOT NULL,
-    duration_ns INTEGER NOT NULL,
-    trace_id BLOB NOT NULL,
-    PRIMARY KEY (operation_id, start_ns, span_no)
+    spans BLOB NOT NULL,
+    PRIMARY KEY (service_id, start_ns, chunk_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS correlation (
     value TEXT NOT NULL,
@@ -110,6 +116,9 @@ pub struct SpanStoreOptions {
     pub partition_duration: Duration,
     /// SQLite page cache of the writer, KiB.
     pub cache_kib: i64,
+    /// Trace-ID and correlation index entries the head keeps in memory before merging them
+    /// into its file (see [`RecentIndex`]).
+    pub recent_index_entries: usize,
 }
 
 impl Default for SpanStoreOptions {
@@ -124,6 +133,7 @@ impl Default for SpanStoreOptions {
             ],
             partition_duration: Duration::from_secs(86_400),
             cache_kib: 65_536,
+            recent_index_entries: RECENT_INDEX_ENTRIES,
         }
     }
 }
@@ -158,6 +168,38 @@ pub enum StoreError {
     Encode(#[from] postcard::Error),
 }
 
+/// The trace-ID and correlation index entries of a partition's newest chunks, kept in memory
+/// instead of in `trace_index` and `correlation`: trace IDs and request IDs are random, so each
+/// entry inserted one write at a time dirties a page of its own at a random place of those
+/// B-trees, and every dirty page is written whole to the WAL and again at the checkpoint. Held
+/// here, entries are merged in key order every [`RECENT_INDEX_ENTRIES`], touching each page once.
+/// Not lost by a crash: the chunks past `meta.indexed_chunk_id` carry their trace ID and
+/// correlation values, and opening the partition indexes them.
+#[derive(Debug, Default)]
+pub(crate) struct RecentIndex {
+    chunks_by_trace: HashMap<[u8; 16], Vec<i64>>,
+    traces_by_value: HashMap<String, Vec<[u8; 16]>>,
+    entries: usize,
+}
+
+impl RecentIndex {
+    fn add_chunk(&mut self, trace_id: [u8; 16], chunk_id: i64) {
+        self.chunks_by_trace
+            .entry(trace_id)
+            .or_default()
+            .push(chunk_id);
+        self.entries += 1;
+    }
+
+    fn add_value(&mut self, value: String, trace_id: [u8; 16]) {
+        let traces = self.traces_by_value.entry(value).or_default();
+        if !traces.contains(&trace_id) {
+            traces.push(trace_id);
+            self.entries += 1;
+        }
+    }
+}
+
 /// One partition file.
 pub(crate) struct Partition {
     /// Creation time, ms since the epoch; also the name of the file.
@@ -167,9 +209,43 @@ pub(crate) struct Partition {
     min_start_ns: AtomicI64,
     max_start_ns: AtomicI64,
     readers: Mutex<Vec<Connection>>,
+    /// Index entries not yet merged into the file's indexes (only the head's grow).
+    recent: RwLock<RecentIndex>,
 }
 
 impl Partition {
+    fn new(created_ms: i64, path: PathBuf, min_start_ns: i64, max_start_ns: i64) -> Partition {
+        Partition {
+            created_ms,
+            path,
+            min_start_ns: AtomicI64::new(min_start_ns),
+            max_start_ns: AtomicI64::new(max_start_ns),
+            readers: Mutex::new(Vec::new()),
+            recent: RwLock::new(RecentIndex::default()),
+        }
+    }
+
+    /// Returns the chunks of `trace_id` not yet in `trace_index`. Read before the file, so an
+    /// entry merged meanwhile is found in the file.
+    pub(crate) fn recent_chunks(&self, trace_id: &[u8; 16]) -> Vec<i64> {
+        self.recent
+            .read()
+            .chunks_by_trace
+            .get(trace_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Returns the traces carrying the correlation `value` not yet in `correlation`.
+    pub(crate) fn recent_traces_with_value(&self, value: &str) -> Vec<[u8; 16]> {
+        self.recent
+            .read()
+            .traces_by_value
+            .get(value)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Whether spans starting in `[start_ns, end_ns]` may be here.
     pub(crate) fn overlaps(&self, start_ns: i64, end_ns: i64) -> bool {
         let min = self.min_start_ns.load(Ordering::Relaxed);
@@ -279,12 +355,114 @@ fn open_writer(path: &Path, cache_kib: i64) -> Result<Connection, StoreError> {
         connection.pragma_update(None, "wal_autocheckpoint", 0)?;
         connection.pragma_update(None, "journal_size_limit", WAL_RESET_BYTES as i64)?;
         connection.execute_batch(SCHEMA)?;
+        connection.pragma_update(None, "user_version", PARTITION_FORMAT)?;
         Ok(connection)
     };
     open().map_err(|source| StoreError::Open {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Whether the file at `path` is a partition of an older layout (written before
+/// [`PARTITION_FORMAT`]): a file with tables but another `user_version`.
+fn is_older_partition(path: &Path) -> Result<bool, StoreError> {
+    let inspect = || -> rusqlite::Result<bool> {
+        // Read-write, so a WAL left by a killed process is recovered before reading.
+        let connection = Connection::open(path)?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        let format: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        let tables: i64 =
+            connection.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))?;
+        Ok(format != PARTITION_FORMAT && tables > 0)
+    };
+    inspect().map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes index entries into `trace_index` and `correlation` in key order (so each page of
+/// those B-trees is written once however many entries land on it) and records that the chunks
+/// up to `indexed_chunk_id` are indexed, in one transaction.
+fn merge_index_entries(
+    connection: &Connection,
+    mut chunks: Vec<([u8; 16], i64)>,
+    mut values: Vec<(String, [u8; 16])>,
+    indexed_chunk_id: i64,
+) -> Result<(), StoreError> {
+    chunks.sort_unstable();
+    values.sort_unstable();
+    let transaction = connection.unchecked_transaction()?;
+    {
+        let mut insert_chunk = transaction.prepare_cached(
+            "INSERT OR IGNORE INTO trace_index (trace_id, chunk_id) VALUES (?1, ?2)",
+        )?;
+        for (trace_id, chunk_id) in &chunks {
+            insert_chunk.execute(params![&trace_id[..], chunk_id])?;
+        }
+        let mut insert_value = transaction.prepare_cached(
+            "INSERT OR IGNORE INTO correlation (value, trace_id) VALUES (?1, ?2)",
+        )?;
+        for (value, trace_id) in &values {
+            insert_value.execute(params![value, &trace_id[..]])?;
+        }
+        transaction
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('indexed_chunk_id', ?1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([indexed_chunk_id])?;
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+/// Indexes the chunks written after the last merge: the recent index of a process that
+/// stopped (or was killed) before merging it.
+fn index_unindexed_chunks(connection: &Connection) -> Result<(), StoreError> {
+    let indexed_chunk_id: i64 = connection
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'indexed_chunk_id'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let mut chunks = Vec::new();
+    let mut values = Vec::new();
+    let mut last_chunk_id = indexed_chunk_id;
+    {
+        let mut statement =
+            connection.prepare("SELECT id, trace_id, correlation FROM chunks WHERE id > ?1")?;
+        let mut rows = statement.query([indexed_chunk_id])?;
+        while let Some(row) = rows.next()? {
+            let chunk_id: i64 = row.get(0)?;
+            last_chunk_id = chunk_id;
+            let trace: Vec<u8> = row.get(1)?;
+            let Ok(trace_id) = <[u8; 16]>::try_from(trace.as_slice()) else {
+                continue;
+            };
+            chunks.push((trace_id, chunk_id));
+            let Some(encoded) = row.get::<_, Option<Vec<u8>>>(2)? else {
+                continue;
+            };
+            match decode_correlation_values(&encoded) {
+                Ok(decoded) => values.extend(decoded.into_iter().map(|value| (value, trace_id))),
+                Err(error) => {
+                    tracing::warn!(%error, chunk_id, "correlation values of a span chunk do not decode")
+                }
+            }
+        }
+    }
+    if last_chunk_id == indexed_chunk_id {
+        return Ok(());
+    }
+    tracing::info!(
+        chunks = chunks.len(),
+        "indexing span chunks written before the last stop"
+    );
+    merge_index_entries(connection, chunks, values, last_chunk_id)
 }
 
 fn read_meta(connection: &Connection) -> rusqlite::Result<(i64, i64)> {
@@ -343,28 +521,42 @@ impl SpanStore {
             }
         }
         created.sort_unstable();
-        if created.is_empty() {
-            created.push(now_ms());
-        }
         let mut partitions = Vec::with_capacity(created.len());
         for created_ms in &created {
             let path = partition_path(directory, *created_ms);
+            if is_older_partition(&path)? {
+                tracing::warn!(
+                    path = %path.display(),
+                    "span partition written by an older Vigil in another layout: not read; delete it to free its space"
+                );
+                continue;
+            }
             // Opening read-write once recovers the WAL and creates the schema if needed.
             let connection = open_writer(&path, 2_048)?;
+            index_unindexed_chunks(&connection)?;
             let (min_start_ns, max_start_ns) = read_meta(&connection)?;
             drop(connection);
-            partitions.push(Arc::new(Partition {
-                created_ms: *created_ms,
+            partitions.push(Arc::new(Partition::new(
+                *created_ms,
                 path,
-                min_start_ns: AtomicI64::new(min_start_ns),
-                max_start_ns: AtomicI64::new(max_start_ns),
-                readers: Mutex::new(Vec::new()),
-            }));
+                min_start_ns,
+                max_start_ns,
+            )));
         }
-        let head = partitions.last().cloned().ok_or_else(|| StoreError::Io {
-            path: directory.to_path_buf(),
-            source: std::io::Error::other("no partition"),
-        })?;
+        let head = match partitions.last() {
+            Some(head) => head.clone(),
+            None => {
+                let created_ms = now_ms().max(created.last().map_or(0, |last| last + 1));
+                let head = Arc::new(Partition::new(
+                    created_ms,
+                    partition_path(directory, created_ms),
+                    i64::MAX,
+                    i64::MIN,
+                ));
+                partitions.push(head.clone());
+                head
+            }
+        };
         let writer = Writer::open(head, options.cache_kib)?;
         let store = Arc::new(SpanStore {
             directory: directory.to_path_buf(),
@@ -411,7 +603,11 @@ impl SpanStore {
         {
             self.roll(&mut writer)?;
         }
-        let outcome = writer.write(spans, &self.options.correlation_attributes);
+        let outcome = writer.write(
+            spans,
+            &self.options.correlation_attributes,
+            self.options.recent_index_entries,
+        );
         if outcome.is_err() {
             // Names written in the failed transaction are gone: reload the dictionaries.
             if let Err(error) = writer.load_names() {
@@ -471,13 +667,17 @@ impl SpanStore {
         while partition_path(&self.directory, created_ms).exists() {
             created_ms += 1;
         }
-        let partition = Arc::new(Partition {
+        let partition = Arc::new(Partition::new(
             created_ms,
-            path: partition_path(&self.directory, created_ms),
-            min_start_ns: AtomicI64::new(i64::MAX),
-            max_start_ns: AtomicI64::new(i64::MIN),
-            readers: Mutex::new(Vec::new()),
-        });
+            partition_path(&self.directory, created_ms),
+            i64::MAX,
+            i64::MIN,
+        ));
+        // The old head's recent entries go into its file; if that fails they stay in memory
+        // (queries read them) and the next open indexes them.
+        if let Err(error) = writer.merge_recent_index() {
+            tracing::warn!(%error, "merging the span index of the old head failed");
+        }
         let new_writer = Writer::open(partition.clone(), self.options.cache_kib)?;
         let old_writer = std::mem::replace(writer, new_writer);
         self.partitions.write().push(partition);
@@ -656,6 +856,7 @@ impl Writer {
         &mut self,
         spans: &[&Span],
         correlation_attributes: &[String],
+        recent_index_entries: usize,
     ) -> Result<(), StoreError> {
         // Group by trace, keeping the order of first appearance.
         let mut group_of: HashMap<[u8; 16], usize> = HashMap::new();
@@ -669,70 +870,106 @@ impl Writer {
         }
         let mut min_start = i64::MAX;
         let mut max_start = i64::MIN;
+        // Index entries of this write, for the recent index once committed.
+        let mut new_chunks: Vec<([u8; 16], i64)> = Vec::new();
+        let mut new_values: Vec<(String, [u8; 16])> = Vec::new();
         let transaction = self.connection.unchecked_transaction()?;
-        for group in &groups {
-            let trace_id = group[0].trace_id;
-            for chunk in group.chunks(MAX_SPANS_PER_CHUNK) {
-                let body = encode_chunk(trace_id, chunk)?;
-                transaction
-                    .prepare_cached("INSERT INTO chunks (trace_id, body) VALUES (?1, ?2)")?
-                    .execute(params![&trace_id[..], body])?;
-                let chunk_id = transaction.last_insert_rowid();
-                for (index, span) in chunk.iter().enumerate() {
-                    let span_no = (chunk_id << SPAN_NO_BITS) | index as i64;
-                    let service_id = service_id(&transaction, &mut self.services, &span.service)?;
-                    let operation_id =
-                        operation_id(&transaction, &mut self.operations, service_id, span)?;
-                    let error = i64::from(span.status == StatusCode::Error);
-                    transaction
-                        .prepare_cached(
-                            "INSERT OR REPLACE INTO spans_by_service (service_id, start_ns, span_no, \
-                             operation_id, duration_ns, error, trace_id, span_id, parent_span_id) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                        )?
-                        .execute(params![
-                            service_id,
-                            span.start_unix_nano,
-                            span_no,
-                            operation_id,
-                            span.duration_ns,
-                            error,
-                            &trace_id[..],
-                            &span.span_id[..],
-                            span.parent_span_id.as_ref().map(|parent| &parent[..]),
-                        ])?;
-                    transaction
-                        .prepare_cached(
-                            "INSERT OR REPLACE INTO spans_by_operation (operation_id, start_ns, \
-                             span_no, duration_ns, trace_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )?
-                        .execute(params![
-                            operation_id,
-                            span.start_unix_nano,
-                            span_no,
-                            span.duration_ns,
-                            &trace_id[..],
-                        ])?;
-                    min_start = min_start.min(span.start_unix_nano);
-                    max_start = max_start.max(span.start_unix_nano);
-                }
-            }
-            let mut values: Vec<String> = Vec::new();
-            for span in group {
-                for attribute in correlation_attributes {
-                    if let Some(value) = span.attributes.get(attribute).and_then(correlation_text) {
-                        if !values.contains(&value) {
-                            values.push(value);
+        {
+            let mut insert_chunk = transaction.prepare_cached(
+                "INSERT INTO chunks (trace_id, correlation, body) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut insert_group = transaction.prepare_cached(
+                "INSERT INTO span_groups (service_id, start_ns, chunk_id, trace_id, spans) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            // (service, start, entry) of the chunk being written, reused across chunks.
+            let mut entries: Vec<(i64, i64, IndexedSpan)> = Vec::new();
+            for group in &groups {
+                let trace_id = group[0].trace_id;
+                let mut values: Vec<String> = Vec::new();
+                for span in group {
+                    for attribute in correlation_attributes {
+                        if let Some(value) =
+                            span.attributes.get(attribute).and_then(correlation_text)
+                        {
+                            if !values.contains(&value) {
+                                values.push(value);
+                            }
                         }
                     }
                 }
-            }
-            for value in values {
-                transaction
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO correlation (value, trace_id) VALUES (?1, ?2)",
-                    )?
-                    .execute(params![value, &trace_id[..]])?;
+                // The trace's correlation values ride on its first chunk.
+                let mut chunk_values = if values.is_empty() {
+                    None
+                } else {
+                    Some(encode_correlation_values(&values)?)
+                };
+                new_values.extend(values.into_iter().map(|value| (value, trace_id)));
+                for chunk in group.chunks(MAX_SPANS_PER_CHUNK) {
+                    let body = encode_chunk(trace_id, chunk)?;
+                    insert_chunk.execute(params![&trace_id[..], chunk_values.take(), body])?;
+                    let chunk_id = transaction.last_insert_rowid();
+                    new_chunks.push((trace_id, chunk_id));
+                    entries.clear();
+                    for (position, span) in chunk.iter().enumerate() {
+                        let span_service_id =
+                            service_id(&transaction, &mut self.services, &span.service)?;
+                        let span_operation_id = operation_id(
+                            &transaction,
+                            &mut self.operations,
+                            span_service_id,
+                            span,
+                        )?;
+                        entries.push((
+                            span_service_id,
+                            span.start_unix_nano,
+                            IndexedSpan {
+                                position: u16::try_from(position).unwrap_or(u16::MAX),
+                                operation_id: span_operation_id,
+                                start_offset_ns: 0,
+                                duration_ns: span.duration_ns,
+                                error: span.status == StatusCode::Error,
+                                span_id: span.span_id,
+                                parent_span_id: span.parent_span_id,
+                            },
+                        ));
+                        min_start = min_start.min(span.start_unix_nano);
+                        max_start = max_start.max(span.start_unix_nano);
+                    }
+                    // One row per service and run of starts at most GROUP_SPREAD_NS wide,
+                    // keyed by the run's latest start.
+                    entries.sort_by_key(|(service_id, start, _)| (*service_id, *start));
+                    let mut run_begin = 0;
+                    while run_begin < entries.len() {
+                        let row_service_id = entries[run_begin].0;
+                        let first_start = entries[run_begin].1;
+                        let mut run_end = run_begin + 1;
+                        while run_end < entries.len()
+                            && entries[run_end].0 == row_service_id
+                            && entries[run_end].1.saturating_sub(first_start) <= GROUP_SPREAD_NS
+                        {
+                            run_end += 1;
+                        }
+                        let run = &mut entries[run_begin..run_end];
+                        let key_start = run[run.len() - 1].1;
+                        let indexed: Vec<IndexedSpan> = run
+                            .iter_mut()
+                            .map(|(_, start, entry)| {
+                                entry.start_offset_ns =
+                                    u64::try_from(key_start.saturating_sub(*start)).unwrap_or(0);
+                                entry.clone()
+                            })
+                            .collect();
+                        insert_group.execute(params![
+                            row_service_id,
+                            key_start,
+                            chunk_id,
+                            &trace_id[..],
+                            encode_span_index(&indexed)?,
+                        ])?;
+                        run_begin = run_end;
+                    }
+                }
             }
         }
         let partition = &self.partition;
@@ -753,6 +990,52 @@ impl Writer {
         transaction.commit()?;
         partition.min_start_ns.store(new_min, Ordering::Relaxed);
         partition.max_start_ns.store(new_max, Ordering::Relaxed);
+        let recent_entries = {
+            let mut recent = partition.recent.write();
+            for (trace_id, chunk_id) in new_chunks {
+                recent.add_chunk(trace_id, chunk_id);
+            }
+            for (value, trace_id) in new_values {
+                recent.add_value(value, trace_id);
+            }
+            recent.entries
+        };
+        if recent_entries >= recent_index_entries {
+            // The write is committed either way; unmerged entries stay in memory and are
+            // merged with the next write or indexed at the next open.
+            if let Err(error) = self.merge_recent_index() {
+                tracing::warn!(%error, "merging the recent span index failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the head's recent index entries into its file.
+    fn merge_recent_index(&mut self) -> Result<(), StoreError> {
+        let (chunks, values, last_chunk_id) = {
+            let recent = self.partition.recent.read();
+            let mut chunks = Vec::with_capacity(recent.entries);
+            let mut last_chunk_id = i64::MIN;
+            for (trace_id, chunk_ids) in &recent.chunks_by_trace {
+                for chunk_id in chunk_ids {
+                    chunks.push((*trace_id, *chunk_id));
+                    last_chunk_id = last_chunk_id.max(*chunk_id);
+                }
+            }
+            let mut values = Vec::new();
+            for (value, trace_ids) in &recent.traces_by_value {
+                for trace_id in trace_ids {
+                    values.push((value.clone(), *trace_id));
+                }
+            }
+            (chunks, values, last_chunk_id)
+        };
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        merge_index_entries(&self.connection, chunks, values, last_chunk_id)?;
+        // Cleared only once the file has the entries (the writer lock keeps writes out).
+        *self.partition.recent.write() = RecentIndex::default();
         Ok(())
     }
 }
@@ -820,22 +1103,32 @@ struct CommitQueue {
     committing: bool,
 }
 
-/// Reads every span of `trace_id` in one partition.
+/// Reads every span of `trace_id` in one partition: the chunks `trace_index` names and
+/// `recent_chunks` (the partition's [`Partition::recent_chunks`], read before this).
 pub(crate) fn read_trace(
     connection: &Connection,
     trace_id: &[u8; 16],
+    recent_chunks: &[i64],
 ) -> Result<Vec<Span>, StoreError> {
-    let mut statement = connection.prepare_cached("SELECT body FROM chunks WHERE trace_id = ?1")?;
-    let mut rows = statement.query([&trace_id[..]])?;
+    let mut chunk_ids = recent_chunks.to_vec();
+    {
+        let mut statement =
+            connection.prepare_cached("SELECT chunk_id FROM trace_index WHERE trace_id = ?1")?;
+        let rows = statement.query_map([&trace_id[..]], |row| row.get::<_, i64>(0))?;
+        for row in rows {
+            chunk_ids.push(row?);
+        }
+    }
+    chunk_ids.sort_unstable();
+    chunk_ids.dedup();
     let mut spans = Vec::new();
-    while let Some(row) = rows.next()? {
-        let body: Vec<u8> = row.get(0)?;
-        spans.extend(decode_chunk(&body)?);
+    for chunk_id in chunk_ids {
+        spans.extend(read_chunk(connection, chunk_id)?);
     }
     Ok(spans)
 }
 
-/// Reads the span `span_no` (its chunk, decoded).
+/// Reads the spans of chunk `chunk_id`, decoded (empty when there is no such chunk).
 pub(crate) fn read_chunk(connection: &Connection, chunk_id: i64) -> Result<Vec<Span>, StoreError> {
     let body: Option<Vec<u8>> = connection
         .prepare_cached("SELECT body FROM chunks WHERE id = ?1")?
@@ -845,12 +1138,4 @@ pub(crate) fn read_chunk(connection: &Connection, chunk_id: i64) -> Result<Vec<S
         Some(body) => Ok(decode_chunk(&body)?),
         None => Ok(Vec::new()),
     }
-}
-
-/// The chunk and position of a span number.
-pub(crate) fn split_span_no(span_no: i64) -> (i64, usize) {
-    (
-        span_no >> SPAN_NO_BITS,
-        (span_no & ((1 << SPAN_NO_BITS) - 1)) as usize,
-    )
 }

@@ -3,8 +3,8 @@
 //! attributes OpenTelemetry's HTTP and database instrumentations set, a `request_id` on the
 //! root, SDK resource attributes, and about 2% error spans. Deterministic from a seed.
 
-use serde_json::{json, Map, Value};
-use vigil_model::{Span, SpanEvent, SpanKind, StatusCode};
+use serde_json::{json, Map};
+use vigil_model::{Span, SpanEvent, SpanKind, SpanResource, StatusCode};
 
 /// Services of the synthetic fleet.
 pub const SERVICES: [&str; 6] = [
@@ -33,7 +33,7 @@ pub struct SpanGenerator {
     state: u64,
     next_start_ns: i64,
     step_ns: i64,
-    resources: Vec<Map<String, Value>>,
+    resources: Vec<SpanResource>,
     /// Spans generated but not yet returned, per service.
     pending: Vec<Vec<Span>>,
 }
@@ -54,7 +54,7 @@ impl SpanGenerator {
                     "telemetry.sdk.version": "1.28.0",
                     "deployment.environment": "production",
                 });
-                value.as_object().cloned().unwrap_or_default()
+                SpanResource::new(value.as_object().cloned().unwrap_or_default())
             })
             .collect();
         SpanGenerator {

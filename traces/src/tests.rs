@@ -8,7 +8,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode as HttpStatus};
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use vigil_model::{hex_id, LogRecord, Span, SpanEvent, SpanKind, SpanSink, StatusCode};
+use vigil_model::{
+    hex_id, LogRecord, Span, SpanEvent, SpanKind, SpanResource, SpanSink, StatusCode,
+};
 
 use crate::api::CorrelatedLogs;
 use crate::query::TraceQuery;
@@ -38,9 +40,9 @@ fn span(
         duration_ns: duration_ms * 1_000_000,
         ..Span::default()
     };
-    span.resource.insert("service.name".into(), json!(service));
-    span.resource
-        .insert("host.name".into(), json!(format!("{service}-1")));
+    let resource = SpanResource::make_mut(&mut span.resource);
+    resource.insert("service.name".into(), json!(service));
+    resource.insert("host.name".into(), json!(format!("{service}-1")));
     span
 }
 
@@ -261,6 +263,99 @@ fn search_returns_newest_traces_first_up_to_the_limit() {
     assert_eq!(found, vec![[49; 16], [48; 16], [47; 16]]);
 }
 
+/// A root span of trace `[id; 16]` of the gateway, `offset_ms` after `BASE_NS`.
+fn gateway_root(id: u8, offset_ms: i64) -> Span {
+    let mut root = span("gateway", "GET /", 1, None, offset_ms, 5);
+    root.trace_id = [id; 16];
+    root
+}
+
+#[test]
+fn search_orders_traces_by_their_latest_matching_span_across_index_rows() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open(directory.path());
+    // Trace 1 has spans 50 s apart (one index row, keyed by the later); traces 2 and 3 come
+    // in later writes with single spans between them.
+    let mut early = gateway_root(1, 0);
+    early.span_id = [1; 8];
+    let mut late = gateway_root(1, 50_000);
+    late.span_id = [2; 8];
+    store.write(vec![early, late]).unwrap();
+    store.write(vec![gateway_root(2, 40_000)]).unwrap();
+    store.write(vec![gateway_root(3, 45_000)]).unwrap();
+    let search = |start_ms: i64, end_ms: i64, limit: usize| {
+        store
+            .find_trace_ids(&TraceQuery {
+                service: Some("gateway".into()),
+                start_ns: BASE_NS + start_ms * 1_000_000,
+                end_ns: BASE_NS + end_ms * 1_000_000,
+                limit,
+                ..TraceQuery::default()
+            })
+            .unwrap()
+    };
+    assert_eq!(search(0, 100_000, 2), vec![[1; 16], [3; 16]]);
+    assert_eq!(search(0, 100_000, 3), vec![[1; 16], [3; 16], [2; 16]]);
+    // Only the earlier span of trace 1 is in this window.
+    assert_eq!(search(0, 30_000, 20), vec![[1; 16]]);
+    assert_eq!(search(41_000, 44_000, 20), Vec::<[u8; 16]>::new());
+}
+
+#[test]
+fn spans_of_one_trace_hours_apart_are_found_in_either_window() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = open(directory.path());
+    let mut first = gateway_root(9, 0);
+    first.span_id = [1; 8];
+    let mut child = span("gateway", "GET /later", 2, Some(1), 3 * 3_600_000, 5);
+    child.trace_id = [9; 16];
+    store.write(vec![first, child]).unwrap();
+    for (start_ms, end_ms, operation) in [
+        (-1_000, 1_000, "GET /"),
+        (3 * 3_600_000 - 1_000, 3 * 3_600_000 + 1_000, "GET /later"),
+    ] {
+        let query = TraceQuery {
+            service: Some("gateway".into()),
+            operation: Some(operation.into()),
+            start_ns: BASE_NS + start_ms * 1_000_000,
+            end_ns: BASE_NS + end_ms * 1_000_000,
+            limit: 20,
+            ..TraceQuery::default()
+        };
+        assert_eq!(store.find_trace_ids(&query).unwrap(), vec![[9; 16]]);
+        let wrong_operation = TraceQuery {
+            operation: Some(
+                if operation == "GET /" {
+                    "GET /later"
+                } else {
+                    "GET /"
+                }
+                .into(),
+            ),
+            ..query
+        };
+        assert!(store.find_trace_ids(&wrong_operation).unwrap().is_empty());
+    }
+    assert_eq!(store.trace(&[9; 16]).unwrap().len(), 2);
+}
+
+#[test]
+fn a_partition_of_an_older_layout_is_left_unread_and_a_new_head_written() {
+    let directory = tempfile::tempdir().unwrap();
+    let older = directory.path().join("spans-0000000001000.db");
+    rusqlite::Connection::open(&older)
+        .unwrap()
+        .execute_batch("CREATE TABLE chunks (id INTEGER PRIMARY KEY, trace_id BLOB, body BLOB);")
+        .unwrap();
+    let store = open(directory.path());
+    for batch in three_service_batches() {
+        store.write(batch).unwrap();
+    }
+    assert_eq!(store.trace(&TRACE).unwrap().len(), 4);
+    assert_eq!(store.disk_usage().0, 1);
+    assert!(older.exists(), "the older file is not deleted");
+}
+
 #[test]
 fn dependencies_show_the_two_cross_service_edges() {
     let (_directory, store) = stored_three_service_trace();
@@ -325,12 +420,40 @@ fn written_spans_survive_reopening_and_a_retried_batch_is_not_doubled() {
             store.write(batch).unwrap();
         }
     }
+    // Reopened: the chunks (only in the recent index before) are indexed from the file.
     let store = open(directory.path());
     assert_eq!(store.trace(&TRACE).unwrap().len(), 4);
+    assert_eq!(store.correlate("req-7f3a").unwrap().trace_ids, vec![TRACE]);
     assert_eq!(store.services().unwrap().len(), 3);
     // Names loaded from the file: writing the same services again reuses their IDs.
     store.write(three_service_batches().remove(0)).unwrap();
     assert_eq!(store.services().unwrap().len(), 3);
+}
+
+#[test]
+fn traces_are_found_before_and_after_their_index_entries_are_merged_into_the_file() {
+    let directory = tempfile::tempdir().unwrap();
+    let options = SpanStoreOptions {
+        recent_index_entries: 3,
+        ..SpanStoreOptions::default()
+    };
+    let store = SpanStore::open(directory.path(), options.clone()).unwrap();
+    let mut batches = three_service_batches().into_iter();
+    // The market and orders chunks (two entries, under the limit) are found in memory.
+    store.write(batches.next().unwrap()).unwrap();
+    store.write(batches.next().unwrap()).unwrap();
+    assert_eq!(store.trace(&TRACE).unwrap().len(), 3);
+    // The gateway chunk and its request ID reach the limit: all four entries go to the file.
+    store.write(batches.next().unwrap()).unwrap();
+    assert_eq!(store.trace(&TRACE).unwrap().len(), 4);
+    assert_eq!(store.correlate("req-7f3a").unwrap().spans.len(), 4);
+    drop(store);
+    let reopened = SpanStore::open(directory.path(), options).unwrap();
+    assert_eq!(reopened.trace(&TRACE).unwrap().len(), 4);
+    assert_eq!(
+        reopened.correlate("req-7f3a").unwrap().trace_ids,
+        vec![TRACE]
+    );
 }
 
 #[test]

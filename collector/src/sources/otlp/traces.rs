@@ -9,7 +9,7 @@
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
 use serde_json::Value;
-use vigil_model::{Span, SpanEvent, SpanKind, SpanLink, StatusCode};
+use vigil_model::{Span, SpanEvent, SpanKind, SpanLink, SpanResource, StatusCode};
 
 use super::attributes::{attributes_into_json, attributes_to_json, string_attribute};
 use super::Rejections;
@@ -38,7 +38,8 @@ pub fn convert_traces(request: ExportTraceServiceRequest) -> ConvertedSpans {
         let service = string_attribute(resource_attributes, "service.name")
             .unwrap_or(UNKNOWN_SERVICE)
             .to_string();
-        let resource = attributes_to_json(resource_attributes);
+        // One copy of the resource attributes, shared by the spans of the resource.
+        let resource = SpanResource::new(attributes_to_json(resource_attributes));
         for scope_spans in resource_spans.scope_spans {
             let scope = scope_spans.scope.as_ref();
             for otlp_span in scope_spans.spans {
@@ -70,7 +71,7 @@ pub fn convert_traces(request: ExportTraceServiceRequest) -> ConvertedSpans {
 pub(crate) fn convert_span(
     otlp: OtlpSpan,
     service: &str,
-    resource: &serde_json::Map<String, Value>,
+    resource: &SpanResource,
 ) -> Result<Span, (&'static str, String)> {
     let trace_id = valid_id::<16>(&otlp.trace_id).ok_or_else(|| {
         (
