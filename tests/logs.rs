@@ -116,11 +116,16 @@ async fn post_logs(vigil: &Vigil, body: String, gzip: bool) -> anyhow::Result<(u
     Ok((status, response.json().await?))
 }
 
+/// Searches the last hour, counting every match (`track_total_hits=true`).
 async fn search(vigil: &Vigil, query: &str, limit: usize) -> anyhow::Result<Value> {
     let response = vigil
         .client
         .get(vigil.url("/api/v1/logs/search"))
-        .query(&[("q", query), ("limit", &limit.to_string())])
+        .query(&[
+            ("q", query),
+            ("limit", &limit.to_string()),
+            ("track_total_hits", "true"),
+        ])
         .send()
         .await?;
     let status = response.status();
@@ -407,6 +412,33 @@ async fn acknowledged_lines_survive_kill_9() -> anyhow::Result<()> {
     assert_eq!(body["total"].as_u64(), Some(expected), "{body}");
     let one = search(&vigil, "r-49-1999", 10).await?;
     assert_eq!(one["total"], 1, "{one}");
+    // Without `track_total_hits`, counting stops at 10,000 and says so.
+    let counted: Value = vigil
+        .client
+        .get(vigil.url("/api/v1/logs/search"))
+        .query(&[("q", "service:durable"), ("limit", "3")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(counted["total"], 10_000, "{counted}");
+    assert_eq!(counted["total_relation"], "gte", "{counted}");
+    assert_eq!(counted["hits"][0]["message"], "batch 49 line 1999");
+    let response = vigil
+        .client
+        .get(vigil.url("/api/v1/logs/search"))
+        .query(&[("q", "service:durable"), ("track_total_hits", "many")])
+        .send()
+        .await?;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await?;
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("track_total_hits"),
+        "{error}"
+    );
     // And nothing is doubled by a second replay.
     vigil.kill_hard();
     vigil.restart().await?;

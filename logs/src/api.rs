@@ -20,7 +20,10 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use vigil_model::LogRecord;
 
-use crate::search::{Cursor, LogSearcher, SearchError, SearchRequest, SortOrder, MAX_LIMIT};
+use crate::search::{
+    Cursor, LogSearcher, SearchError, SearchRequest, SortOrder, DEFAULT_TOTAL_HITS_THRESHOLD,
+    MAX_LIMIT,
+};
 use crate::store::LogStore;
 
 /// Searches running at once; more wait.
@@ -97,6 +100,7 @@ struct LogParams {
     cursor: Option<String>,
     order: Option<String>,
     step: Option<String>,
+    track_total_hits: Option<String>,
 }
 
 impl LogParams {
@@ -258,6 +262,15 @@ async fn search_inner(state: ApiState, params: LogParams) -> Result<Value, ApiEr
             )))
         }
     };
+    let total_threshold = match params.track_total_hits.as_deref() {
+        None | Some("") => DEFAULT_TOTAL_HITS_THRESHOLD,
+        Some("true") => u64::MAX,
+        Some(text) => text.parse().map_err(|_| {
+            ApiError::bad_data(format!(
+                "invalid `track_total_hits` {text:?}: expected true or a number of lines"
+            ))
+        })?,
+    };
     let request = SearchRequest {
         query: params.query_text(),
         start_ns,
@@ -266,12 +279,15 @@ async fn search_inner(state: ApiState, params: LogParams) -> Result<Value, ApiEr
         cursor,
         order,
     };
-    let page = run_blocking(&state, move |searcher| Ok(searcher.search(&request)?)).await?;
+    let page = run_blocking(&state, move |searcher| {
+        Ok(searcher.search_counting(&request, total_threshold)?)
+    })
+    .await?;
     let hits: Vec<Value> = page.hits.iter().map(|hit| hit_json(&hit.record)).collect();
     Ok(json!({
         "hits": hits,
         "total": page.total,
-        "total_relation": "eq",
+        "total_relation": page.total_relation.as_str(),
         "next_cursor": page.next_cursor.map(|cursor| cursor.encode()),
         "took_ms": started.elapsed().as_millis() as u64,
     }))

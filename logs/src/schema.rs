@@ -2,7 +2,7 @@
 
 use tantivy::schema::{
     Field, IndexRecordOption, JsonObjectOptions, NumericOptions, Schema, TextFieldIndexing,
-    TextOptions, FAST, INDEXED, STORED,
+    TextOptions, FAST, STORED,
 };
 use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer, TokenizerManager};
 use tantivy::{Index, TantivyDocument};
@@ -15,9 +15,12 @@ use crate::tokenizer::{MessageTokenizer, LOWERCASE_KEYWORD_TOKENIZER, MESSAGE_TO
 pub struct LogSchema {
     /// The schema.
     pub schema: Schema,
-    /// Nanoseconds since the epoch (indexed, fast).
+    /// Nanoseconds since the epoch (fast only: ranges are fast-field range queries, and an
+    /// inverted index of a value unique per line would only grow the term dictionary that
+    /// every commit and merge rewrites).
     pub timestamp: Field,
-    /// Write order, unique in the store (fast): ties of equal timestamps and cursors.
+    /// Write order, unique in the store (fast only, for the same reason): ties of equal
+    /// timestamps, cursors and the live tail.
     pub seq: Field,
     /// Normalised level (lowercased keyword, fast).
     pub level: Field,
@@ -49,11 +52,8 @@ impl LogSchema {
     /// Builds the schema.
     pub fn new() -> Self {
         let mut builder = Schema::builder();
-        let timestamp = builder.add_i64_field(
-            "timestamp",
-            NumericOptions::default().set_indexed().set_fast(),
-        );
-        let seq = builder.add_u64_field("seq", FAST | INDEXED);
+        let timestamp = builder.add_i64_field("timestamp", NumericOptions::default().set_fast());
+        let seq = builder.add_u64_field("seq", FAST);
         let keyword = |tokenizer: &str| {
             TextOptions::default()
                 .set_indexing_options(
@@ -124,9 +124,17 @@ impl LogSchema {
 
     /// Returns the document of a record with sequence number `seq`.
     pub fn document(&self, record: &LogRecord, seq: u64) -> TantivyDocument {
+        let stored = serde_json::to_string(record).unwrap_or_default();
+        let mut document = self.document_with_json(record, stored);
+        document.add_u64(self.seq, seq);
+        document
+    }
+
+    /// Returns the document of a record whose JSON (what `record` stores) is already made,
+    /// without its sequence number (add it to `seq` before indexing).
+    pub fn document_with_json(&self, record: &LogRecord, record_json: String) -> TantivyDocument {
         let mut document = TantivyDocument::default();
         document.add_i64(self.timestamp, record.timestamp_ns);
-        document.add_u64(self.seq, seq);
         let text_fields = [
             (self.level, &record.level),
             (self.service, &record.service),
@@ -150,8 +158,7 @@ impl LogSchema {
             let owned = tantivy::schema::OwnedValue::from(object);
             document.add_field_value(self.attributes, &owned);
         }
-        let stored = serde_json::to_string(record).unwrap_or_default();
-        document.add_text(self.record, stored);
+        document.add_text(self.record, record_json);
         document
     }
 }

@@ -9,11 +9,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
-use tantivy::columnar::StrColumn;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery};
+use parking_lot::Mutex;
+use tantivy::collector::{Collector, SegmentCollector, TopDocs};
+use tantivy::columnar::{ColumnValues, StrColumn};
+use tantivy::index::SegmentId;
+use tantivy::query::{
+    AllQuery, BooleanQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, Scorer, Weight,
+};
 use tantivy::schema::Value as _;
-use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, DocId, DocSet, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
+};
 use vigil_model::LogRecord;
 
 use crate::schema::LogSchema;
@@ -21,6 +27,24 @@ use crate::store::LogStore;
 
 /// The most hits one page may ask for.
 pub const MAX_LIMIT: usize = 10_000;
+
+/// Matches a search counts before it stops and reports `total` as a lower bound
+/// (Elasticsearch's `track_total_hits` default).
+pub const DEFAULT_TOTAL_HITS_THRESHOLD: u64 = 10_000;
+
+/// Documents per block: a search visits a segment's blocks by the time span each covers.
+pub const BLOCK_DOCS: u32 = 4_096;
+
+/// A segment is read in one pass when the query's estimated cost in it (documents stepped
+/// through) is at most this many per block in the window (a few hundred cost about as much as
+/// opening a scorer).
+const FULL_PASS_MATCHES_PER_BLOCK: u64 = 256;
+
+/// The first and last timestamp of each block of a segment.
+type TimeBlocks = Arc<Vec<(i64, i64)>>;
+
+/// Segments whose block time spans are cached at most (stale ones are dropped by clearing).
+const MAX_CACHED_SEGMENTS: usize = 4_096;
 
 /// The order of hits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,10 +78,6 @@ impl Cursor {
             seq: seq.parse().ok()?,
         })
     }
-
-    fn key(&self) -> i128 {
-        sort_key(self.timestamp_ns, self.seq)
-    }
 }
 
 fn sort_key(timestamp_ns: i64, seq: u64) -> i128 {
@@ -90,13 +110,34 @@ pub struct Hit {
     pub seq: u64,
 }
 
+/// Whether `total` is every match or a lower bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TotalRelation {
+    /// `total` is the number of matches (`"eq"`).
+    Equal,
+    /// There are at least `total` matches; counting stopped there (`"gte"`).
+    GreaterOrEqual,
+}
+
+impl TotalRelation {
+    /// Returns the API's name of the relation: `eq` or `gte`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TotalRelation::Equal => "eq",
+            TotalRelation::GreaterOrEqual => "gte",
+        }
+    }
+}
+
 /// A page of hits.
 #[derive(Clone, Debug)]
 pub struct SearchPage {
     /// The hits in order.
     pub hits: Vec<Hit>,
-    /// Lines matching the query in the time range (all pages).
+    /// Lines matching the query in the time range (all pages), exact or a lower bound.
     pub total: u64,
+    /// Whether `total` is exact.
+    pub total_relation: TotalRelation,
     /// Where the next page starts; `None` on the last page.
     pub next_cursor: Option<Cursor>,
 }
@@ -139,7 +180,31 @@ impl LogQueryParser {
         }
     }
 
-    /// Parses `text` and restricts it to `[start_ns, end_ns]`.
+    /// Parses `text` without a time range.
+    ///
+    /// # Errors
+    /// [`SearchError::InvalidQuery`] saying where the query is wrong.
+    pub fn parse_user_query(&self, text: &str) -> Result<Box<dyn Query>, SearchError> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() || trimmed == "*" {
+            return Ok(Box::new(AllQuery));
+        }
+        let (_, lenient_errors) = tantivy::query_grammar::parse_query_lenient(trimmed);
+        if let Some(first) = lenient_errors.first() {
+            return Err(SearchError::InvalidQuery(format!(
+                "syntax error at character {}: {}",
+                first.pos + 1,
+                first.message
+            )));
+        }
+        let explicit = explicit_conjunctions(trimmed);
+        self.parser
+            .parse_query(&explicit)
+            .map_err(|error| SearchError::InvalidQuery(error.to_string()))
+    }
+
+    /// Parses `text` and restricts it to `[start_ns, end_ns]` (a fast-field range: segments
+    /// wholly outside match nothing, segments wholly inside match without a check).
     ///
     /// # Errors
     /// [`SearchError::InvalidQuery`] saying where the query is wrong.
@@ -149,23 +214,7 @@ impl LogQueryParser {
         start_ns: i64,
         end_ns: i64,
     ) -> Result<Box<dyn Query>, SearchError> {
-        let trimmed = text.trim();
-        let user_query: Box<dyn Query> = if trimmed.is_empty() || trimmed == "*" {
-            Box::new(AllQuery)
-        } else {
-            let (_, lenient_errors) = tantivy::query_grammar::parse_query_lenient(trimmed);
-            if let Some(first) = lenient_errors.first() {
-                return Err(SearchError::InvalidQuery(format!(
-                    "syntax error at character {}: {}",
-                    first.pos + 1,
-                    first.message
-                )));
-            }
-            let explicit = explicit_conjunctions(trimmed);
-            self.parser
-                .parse_query(&explicit)
-                .map_err(|error| SearchError::InvalidQuery(error.to_string()))?
-        };
+        let user_query = self.parse_user_query(text)?;
         let range = RangeQuery::new(
             Bound::Included(Term::from_field_i64(self.schema.timestamp, start_ns)),
             Bound::Included(Term::from_field_i64(self.schema.timestamp, end_ns)),
@@ -249,13 +298,19 @@ fn split_units(query: &str) -> Vec<&str> {
 pub struct LogSearcher {
     store: Arc<LogStore>,
     parser: LogQueryParser,
+    /// First and last timestamp of each block, per segment.
+    time_blocks: Mutex<HashMap<SegmentId, TimeBlocks>>,
 }
 
 impl LogSearcher {
     /// Returns a searcher over `store`.
     pub fn new(store: Arc<LogStore>) -> Self {
         let parser = LogQueryParser::new(store.schema());
-        LogSearcher { store, parser }
+        LogSearcher {
+            store,
+            parser,
+            time_blocks: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Returns the store searched.
@@ -263,88 +318,173 @@ impl LogSearcher {
         &self.store
     }
 
-    /// Runs a search. Blocking: call it from a blocking thread.
+    /// Runs a search, counting matches up to [`DEFAULT_TOTAL_HITS_THRESHOLD`]. Blocking: call
+    /// it from a blocking thread.
     ///
     /// # Errors
     /// [`SearchError`] for an invalid query or a failing index.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchPage, SearchError> {
-        let query = self
-            .parser
-            .parse(&request.query, request.start_ns, request.end_ns)?;
+        self.search_counting(request, DEFAULT_TOTAL_HITS_THRESHOLD)
+    }
+
+    /// Runs a search that counts matches until `total_threshold` (`u64::MAX`: all of them).
+    /// Blocking.
+    ///
+    /// Blocks of [`BLOCK_DOCS`] documents are visited best first (newest first for
+    /// [`SortOrder::Descending`]) by the time span each covers, and the walk stops once the page
+    /// is full, no unvisited block can hold a better hit, and `total_threshold` matches were
+    /// counted; `total` is then that threshold and [`TotalRelation::GreaterOrEqual`]. A segment
+    /// where the query matches few documents for the blocks in the window is read in one pass.
+    ///
+    /// # Errors
+    /// [`SearchError`] for an invalid query or a failing index.
+    pub fn search_counting(
+        &self,
+        request: &SearchRequest,
+        total_threshold: u64,
+    ) -> Result<SearchPage, SearchError> {
+        let query = self.parser.parse_user_query(&request.query)?;
         let limit = request.limit.clamp(1, MAX_LIMIT);
-        let mut partitions = self
+        let window = TimeWindow {
+            start_ns: request.start_ns,
+            end_ns: request.end_ns,
+        };
+        let order = request.order;
+        let cursor = request
+            .cursor
+            .map(|cursor| order_key(order, cursor.timestamp_ns, cursor.seq));
+        let mut run = SearchRun {
+            window,
+            order,
+            cursor,
+            top: TopKeys::new(limit + 1),
+            counted: 0,
+        };
+        let mut partitions: Vec<PartitionSearch> = Vec::new();
+        let mut segments: Vec<SegmentSearch> = Vec::new();
+        let mut blocks: Vec<BlockRef> = Vec::new();
+        let mut scorers = OpenScorers::new();
+        for partition in self
             .store
-            .partitions_between(request.start_ns, request.end_ns);
-        if request.order == SortOrder::Descending {
-            partitions.reverse();
-        }
-        let mut total = 0u64;
-        // (order key, partition index, address): the key is larger for earlier hits.
-        let mut candidates: Vec<(i128, usize, DocAddress)> = Vec::new();
-        let wanted = limit + 1;
-        // The searcher that found a hit also fetches it: a commit in between may reload the
-        // reader with other segments, and a `DocAddress` names a segment of its searcher.
-        let mut searchers: HashMap<usize, tantivy::Searcher> = HashMap::new();
-        for (partition_index, partition) in partitions.iter().enumerate() {
+            .partitions_between(request.start_ns, request.end_ns)
+        {
+            // The searcher that found a hit also fetches it: a commit in between may reload
+            // the reader with other segments, and a `DocAddress` names a segment of its searcher.
             let searcher = partition.reader.searcher();
-            // Partitions are disjoint in time: once a page is full, older (or newer) ones only
-            // add to the total.
-            if candidates.len() >= wanted {
-                total += searcher.search(&query, &Count)? as u64;
-                continue;
-            }
-            let cursor_key = request.cursor.map(|cursor| cursor.key());
-            let order = request.order;
-            let top = TopDocs::with_limit(wanted).tweak_score(move |segment: &SegmentReader| {
-                let timestamps = segment
-                    .fast_fields()
-                    .i64("timestamp")
-                    .ok()
-                    .map(|column| column.first_or_default_col(0));
-                let seqs = segment
-                    .fast_fields()
-                    .u64("seq")
-                    .ok()
-                    .map(|column| column.first_or_default_col(0));
-                move |doc: DocId, _score: Score| -> i128 {
-                    let (Some(timestamps), Some(seqs)) = (&timestamps, &seqs) else {
-                        return i128::MIN;
-                    };
-                    let key = sort_key(timestamps.get_val(doc), seqs.get_val(doc));
-                    match (order, cursor_key) {
-                        (SortOrder::Descending, Some(cursor)) if key >= cursor => i128::MIN,
-                        (SortOrder::Ascending, Some(cursor)) if key <= cursor => i128::MIN,
-                        (SortOrder::Descending, _) => key,
-                        (SortOrder::Ascending, _) => -key,
+            let weight = query.weight(EnableScoring::disabled_from_searcher(&searcher))?;
+            let partition_index = partitions.len();
+            for (segment_ord, segment) in searcher.segment_readers().iter().enumerate() {
+                let time_blocks = self.time_blocks(segment)?;
+                let candidates: Vec<u32> = (0..time_blocks.len())
+                    .filter(|block| window.overlaps(time_blocks[*block]))
+                    .map(|block| block as u32)
+                    .collect();
+                if candidates.is_empty() {
+                    continue;
+                }
+                let segment_search = SegmentSearch {
+                    partition_index,
+                    segment_ord: segment_ord as u32,
+                    timestamps: fast_i64(segment, "timestamp")?,
+                    seqs: fast_u64(segment, "seq")?,
+                    time_blocks,
+                };
+                let mut scorer = weight.scorer(segment, 1.0)?;
+                // tantivy's cost (documents the scorer steps through) rather than its match
+                // estimate, which assumes terms independent and so shrinks a common phrase.
+                let few_matches =
+                    scorer.cost() <= candidates.len() as u64 * FULL_PASS_MATCHES_PER_BLOCK;
+                if few_matches {
+                    run.read(
+                        &mut *scorer,
+                        segment,
+                        &segment_search,
+                        segments.len(),
+                        0..segment.max_doc(),
+                        true,
+                    );
+                } else {
+                    scorers.insert(segments.len(), (scorer, 0));
+                    for block in candidates {
+                        let range = segment_search.time_blocks[block as usize];
+                        blocks.push(BlockRef {
+                            segment: segments.len(),
+                            block,
+                            best: run.best_key(range),
+                            worst: run.worst_key(range),
+                        });
                     }
                 }
-            });
-            let (count, top_docs) = searcher.search(&query, &(Count, top))?;
-            total += count as u64;
-            for (key, address) in top_docs {
-                if key != i128::MIN {
-                    candidates.push((key, partition_index, address));
-                }
+                segments.push(segment_search);
             }
-            searchers.insert(partition_index, searcher);
+            partitions.push(PartitionSearch { searcher, weight });
         }
-        candidates.sort_by_key(|candidate| std::cmp::Reverse(candidate.0));
+        // Best blocks first; stop collecting once no block left can improve the page.
+        blocks.sort_by_key(|block| std::cmp::Reverse(block.best));
+        let mut only_counted: Vec<BlockRef> = Vec::new();
+        for (position, block) in blocks.iter().enumerate() {
+            if run.top.cannot_improve(block.best) {
+                only_counted.extend_from_slice(&blocks[position..]);
+                break;
+            }
+            // Every line of the block is at or before the cursor: it only counts.
+            if cursor.is_some_and(|cursor| block.worst >= cursor) {
+                only_counted.push(*block);
+                continue;
+            }
+            let segment_search = &segments[block.segment];
+            let partition = &partitions[segment_search.partition_index];
+            let segment = partition
+                .searcher
+                .segment_reader(segment_search.segment_ord);
+            let range = block_docs(block.block, segment.max_doc());
+            let scorer = scorer_for(&mut scorers, block.segment, &range, || {
+                partition.weight.scorer(segment, 1.0)
+            })?;
+            run.read(scorer, segment, segment_search, block.segment, range, true);
+        }
+        // Count the rest up to the threshold, in document order (one scorer per segment).
+        let mut exact = true;
+        if !only_counted.is_empty() {
+            only_counted.sort_by_key(|block| (block.segment, block.block));
+            let mut scorers = OpenScorers::new();
+            for block in &only_counted {
+                if run.counted >= total_threshold {
+                    exact = false;
+                    break;
+                }
+                let segment_search = &segments[block.segment];
+                let partition = &partitions[segment_search.partition_index];
+                let segment = partition
+                    .searcher
+                    .segment_reader(segment_search.segment_ord);
+                let range = block_docs(block.block, segment.max_doc());
+                let scorer = scorer_for(&mut scorers, block.segment, &range, || {
+                    partition.weight.scorer(segment, 1.0)
+                })?;
+                run.read(scorer, segment, segment_search, block.segment, range, false);
+            }
+        }
+        let (total, total_relation) = if exact {
+            (run.counted, TotalRelation::Equal)
+        } else {
+            (total_threshold, TotalRelation::GreaterOrEqual)
+        };
+        let mut candidates = run.top.into_sorted();
         let has_more = candidates.len() > limit;
         candidates.truncate(limit);
         let mut hits = Vec::with_capacity(candidates.len());
-        for (key, partition_index, address) in &candidates {
-            let Some(searcher) = searchers.get(partition_index) else {
-                continue;
-            };
-            let document: TantivyDocument = searcher.doc(*address)?;
-            let record = stored_record(&document, self.store.schema());
-            let natural_key = if request.order == SortOrder::Descending {
-                *key
-            } else {
-                -*key
+        for (key, segment_index, doc) in candidates {
+            let segment_search = &segments[segment_index];
+            let searcher = &partitions[segment_search.partition_index].searcher;
+            let document: TantivyDocument =
+                searcher.doc(DocAddress::new(segment_search.segment_ord, doc))?;
+            let natural_key = match order {
+                SortOrder::Descending => key,
+                SortOrder::Ascending => -key,
             };
             hits.push(Hit {
-                record,
+                record: stored_record(&document, self.store.schema()),
                 seq: (natural_key & i128::from(u64::MAX)) as u64,
             });
         }
@@ -359,8 +499,40 @@ impl LogSearcher {
         Ok(SearchPage {
             hits,
             total,
+            total_relation,
             next_cursor,
         })
+    }
+
+    /// Returns the first and last timestamp of each block of a segment, computed once per
+    /// segment (segments never change; merged ones get new IDs).
+    fn time_blocks(&self, segment: &SegmentReader) -> Result<TimeBlocks, SearchError> {
+        let id = segment.segment_id();
+        if let Some(blocks) = self.time_blocks.lock().get(&id) {
+            return Ok(blocks.clone());
+        }
+        let timestamps = fast_i64(segment, "timestamp")?;
+        let max_doc = segment.max_doc();
+        let mut blocks = Vec::with_capacity(max_doc.div_ceil(BLOCK_DOCS) as usize);
+        let mut buffer = vec![0i64; BLOCK_DOCS as usize];
+        let mut start = 0u32;
+        while start < max_doc {
+            let length = (max_doc - start).min(BLOCK_DOCS) as usize;
+            let values = &mut buffer[..length];
+            timestamps.get_range(u64::from(start), values);
+            let first = values.iter().copied().min().unwrap_or(i64::MIN);
+            let last = values.iter().copied().max().unwrap_or(i64::MAX);
+            blocks.push((first, last));
+            start += BLOCK_DOCS;
+        }
+        let blocks = Arc::new(blocks);
+        let mut cache = self.time_blocks.lock();
+        // Segments merged away leave stale entries; drop them all now and then.
+        if cache.len() >= MAX_CACHED_SEGMENTS {
+            cache.clear();
+        }
+        cache.insert(id, blocks.clone());
+        Ok(blocks)
     }
 
     /// Returns up to `limit` searchable lines matching `query_text` written after sequence
@@ -463,6 +635,216 @@ impl LogSearcher {
             }
         }
         Ok(summary)
+    }
+}
+
+/// The inclusive time range of a search.
+#[derive(Clone, Copy, Debug)]
+struct TimeWindow {
+    start_ns: i64,
+    end_ns: i64,
+}
+
+impl TimeWindow {
+    fn overlaps(&self, (first, last): (i64, i64)) -> bool {
+        first <= self.end_ns && last >= self.start_ns
+    }
+
+    fn covers(&self, (first, last): (i64, i64)) -> bool {
+        first >= self.start_ns && last <= self.end_ns
+    }
+
+    fn contains(&self, timestamp_ns: i64) -> bool {
+        (self.start_ns..=self.end_ns).contains(&timestamp_ns)
+    }
+}
+
+/// Returns the key by which hits of `order` rank: larger is earlier in the page.
+fn order_key(order: SortOrder, timestamp_ns: i64, seq: u64) -> i128 {
+    match order {
+        SortOrder::Descending => sort_key(timestamp_ns, seq),
+        SortOrder::Ascending => -sort_key(timestamp_ns, seq),
+    }
+}
+
+/// Returns the documents of block `block` of a segment of `max_doc` documents.
+fn block_docs(block: u32, max_doc: DocId) -> std::ops::Range<DocId> {
+    let start = block * BLOCK_DOCS;
+    start..(start + BLOCK_DOCS).min(max_doc)
+}
+
+fn fast_i64(segment: &SegmentReader, field: &str) -> tantivy::Result<Arc<dyn ColumnValues<i64>>> {
+    Ok(segment.fast_fields().i64(field)?.first_or_default_col(0))
+}
+
+fn fast_u64(segment: &SegmentReader, field: &str) -> tantivy::Result<Arc<dyn ColumnValues<u64>>> {
+    Ok(segment.fast_fields().u64(field)?.first_or_default_col(0))
+}
+
+/// Open scorers by segment, each with the document up to which it has been read.
+type OpenScorers = HashMap<usize, (Box<dyn Scorer>, DocId)>;
+
+/// Returns a scorer of the segment that has not read past `docs.start`, reusing the open one
+/// when it has read only up to there, and marks it as reading up to `docs.end`.
+fn scorer_for<'a>(
+    scorers: &'a mut OpenScorers,
+    segment: usize,
+    docs: &std::ops::Range<DocId>,
+    open: impl FnOnce() -> tantivy::Result<Box<dyn Scorer>>,
+) -> tantivy::Result<&'a mut dyn Scorer> {
+    let reusable = scorers
+        .get(&segment)
+        .is_some_and(|(_, read_up_to)| *read_up_to <= docs.start);
+    if !reusable {
+        scorers.insert(segment, (open()?, 0));
+    }
+    match scorers.get_mut(&segment) {
+        Some((scorer, read_up_to)) => {
+            *read_up_to = docs.end;
+            Ok(&mut **scorer)
+        }
+        None => Err(tantivy::TantivyError::InternalError(
+            "scorer missing".to_string(),
+        )),
+    }
+}
+
+/// A partition's searcher and the query's weight for it.
+struct PartitionSearch {
+    searcher: tantivy::Searcher,
+    weight: Box<dyn Weight>,
+}
+
+/// A segment taking part in a search.
+struct SegmentSearch {
+    partition_index: usize,
+    segment_ord: SegmentOrdinal,
+    timestamps: Arc<dyn ColumnValues<i64>>,
+    seqs: Arc<dyn ColumnValues<u64>>,
+    time_blocks: TimeBlocks,
+}
+
+/// A block waiting to be read.
+#[derive(Clone, Copy, Debug)]
+struct BlockRef {
+    /// Index into the search's segments.
+    segment: usize,
+    block: u32,
+    /// The best order key a line of the block can have.
+    best: i128,
+    /// The worst order key a line of the block can have.
+    worst: i128,
+}
+
+/// The best `capacity` hits so far: a min-heap on the order key.
+struct TopKeys {
+    capacity: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(i128, usize, DocId)>>,
+}
+
+impl TopKeys {
+    fn new(capacity: usize) -> Self {
+        TopKeys {
+            capacity,
+            heap: std::collections::BinaryHeap::with_capacity(capacity + 1),
+        }
+    }
+
+    /// True when the page is full and a line with order key `best` would not enter it.
+    fn cannot_improve(&self, best: i128) -> bool {
+        self.heap.len() >= self.capacity
+            && self
+                .heap
+                .peek()
+                .is_some_and(|std::cmp::Reverse(worst)| best <= worst.0)
+    }
+
+    fn offer(&mut self, key: i128, segment: usize, doc: DocId) {
+        if self.cannot_improve(key) {
+            return;
+        }
+        self.heap.push(std::cmp::Reverse((key, segment, doc)));
+        if self.heap.len() > self.capacity {
+            self.heap.pop();
+        }
+    }
+
+    /// Returns the hits best first.
+    fn into_sorted(self) -> Vec<(i128, usize, DocId)> {
+        let mut hits: Vec<(i128, usize, DocId)> = self
+            .heap
+            .into_iter()
+            .map(|std::cmp::Reverse(hit)| hit)
+            .collect();
+        hits.sort_by_key(|hit| std::cmp::Reverse(hit.0));
+        hits
+    }
+}
+
+/// The state of one search: the window, the page being filled and the matches counted.
+struct SearchRun {
+    window: TimeWindow,
+    order: SortOrder,
+    cursor: Option<i128>,
+    top: TopKeys,
+    counted: u64,
+}
+
+impl SearchRun {
+    fn best_key(&self, (first, last): (i64, i64)) -> i128 {
+        match self.order {
+            SortOrder::Descending => order_key(self.order, last, u64::MAX),
+            SortOrder::Ascending => order_key(self.order, first, 0),
+        }
+    }
+
+    fn worst_key(&self, (first, last): (i64, i64)) -> i128 {
+        match self.order {
+            SortOrder::Descending => order_key(self.order, first, 0),
+            SortOrder::Ascending => order_key(self.order, last, u64::MAX),
+        }
+    }
+
+    /// Reads the matches of `scorer` in `docs` (the scorer is at or before its start):
+    /// counts those in the window and, when `collect`, offers them to the page.
+    fn read(
+        &mut self,
+        scorer: &mut dyn Scorer,
+        segment: &SegmentReader,
+        search: &SegmentSearch,
+        segment_index: usize,
+        docs: std::ops::Range<DocId>,
+        collect: bool,
+    ) {
+        let mut doc = scorer.doc();
+        if doc < docs.start {
+            doc = scorer.seek(docs.start);
+        }
+        let alive = segment.alive_bitset();
+        let mut block = u32::MAX;
+        let mut block_inside = false;
+        while doc < docs.end {
+            if alive.is_none_or(|alive| alive.is_alive(doc)) {
+                if doc / BLOCK_DOCS != block {
+                    block = doc / BLOCK_DOCS;
+                    block_inside = search
+                        .time_blocks
+                        .get(block as usize)
+                        .is_some_and(|range| self.window.covers(*range));
+                }
+                if block_inside || self.window.contains(search.timestamps.get_val(doc)) {
+                    self.counted += 1;
+                    if collect {
+                        let timestamp_ns = search.timestamps.get_val(doc);
+                        let key = order_key(self.order, timestamp_ns, search.seqs.get_val(doc));
+                        if self.cursor.is_none_or(|cursor| key < cursor) {
+                            self.top.offer(key, segment_index, doc);
+                        }
+                    }
+                }
+            }
+            doc = scorer.advance();
+        }
     }
 }
 

@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tantivy::directory::MmapDirectory;
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy};
+use tantivy::indexer::IndexWriterOptions;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument};
 use vigil_model::{LogRecord, LogSink, LogSinkError};
 
 use crate::schema::LogSchema;
-use crate::wal::{self, Wal, WalEntry, WalError};
+use crate::wal::{self, PendingEntry, Wal, WalEntry, WalError};
 
 /// Nanoseconds in an hour.
 pub const HOUR_NS: i64 = 3_600_000_000_000;
@@ -50,8 +51,10 @@ pub struct LogStoreOptions {
     pub commit_interval: Duration,
     /// Width of a partition in nanoseconds (a whole number of hours).
     pub partition_ns: i64,
-    /// Memory budget of one partition's index writer.
+    /// Memory budget of one partition's index writer (shared by its indexing threads).
     pub writer_memory_bytes: usize,
+    /// Indexing threads of one partition's writer.
+    pub indexing_threads: usize,
     /// Writers of partitions not written for this long are closed after a commit.
     pub idle_writer_timeout: Duration,
 }
@@ -63,7 +66,10 @@ impl Default for LogStoreOptions {
             retention_size_bytes: 0,
             commit_interval: Duration::from_millis(500),
             partition_ns: DAY_NS,
-            writer_memory_bytes: 32 << 20,
+            writer_memory_bytes: 128 << 20,
+            indexing_threads: std::thread::available_parallelism()
+                .map_or(2, |cores| cores.get())
+                .clamp(1, 4),
             idle_writer_timeout: Duration::from_secs(300),
         }
     }
@@ -120,9 +126,9 @@ struct WriteState {
     wal: Wal,
     writers: HashMap<i64, OpenWriter>,
     next_seq: u64,
-    /// Partitions whose writer is out being committed, with the records (already in the
-    /// WAL, in sequence order) that arrived for them meanwhile.
-    committing: HashMap<i64, Vec<(u64, LogRecord)>>,
+    /// Partitions whose writer is out being committed, with the documents of the records
+    /// (already in the WAL) that arrived for them meanwhile, by sequence number.
+    committing: HashMap<i64, Vec<(u64, TantivyDocument)>>,
 }
 
 /// Counts of stored lines per (service, level) since start, for `vigil_log_records_total`.
@@ -257,10 +263,12 @@ impl LogStore {
             if seq <= committed {
                 continue;
             }
-            self.add_to_writer(&mut state, record, seq)?;
-            self.count(record);
+            let document = self.schema.document(record, seq);
+            self.add_document(&mut state, start_ns, seq, document)?;
             replayed += 1;
         }
+        drop(state);
+        self.count(&entry.records);
         Ok(replayed)
     }
 
@@ -286,16 +294,17 @@ impl LogStore {
         Ok(partition)
     }
 
-    fn add_to_writer(
+    /// Hands a record's document (with its sequence number) to its partition's writer.
+    fn add_document(
         &self,
         state: &mut WriteState,
-        record: &LogRecord,
+        start_ns: i64,
         seq: u64,
+        document: TantivyDocument,
     ) -> Result<(), LogStoreError> {
-        let start_ns = self.partition_start(record.timestamp_ns);
         // Its writer is being committed: the record waits (it is in the WAL already).
         if let Some(waiting) = state.committing.get_mut(&start_ns) {
-            waiting.push((seq, record.clone()));
+            waiting.push((seq, document));
             return Ok(());
         }
         if !state.writers.contains_key(&start_ns) && state.writers.len() >= MAX_OPEN_WRITERS {
@@ -303,9 +312,15 @@ impl LogStore {
         }
         if let std::collections::hash_map::Entry::Vacant(vacant) = state.writers.entry(start_ns) {
             let partition = self.partition(start_ns)?;
+            let threads = self.options.indexing_threads.max(1);
+            let options = IndexWriterOptions::builder()
+                .num_worker_threads(threads)
+                .memory_budget_per_thread(self.options.writer_memory_bytes / threads)
+                .num_merge_threads(1)
+                .build();
             let writer = partition
                 .index
-                .writer_with_num_threads(1, self.options.writer_memory_bytes)
+                .writer_with_options(options)
                 .map_err(index_error(&partition.path))?;
             vacant.insert(OpenWriter {
                 writer,
@@ -316,7 +331,6 @@ impl LogStore {
         let Some(open) = state.writers.get_mut(&start_ns) else {
             return Ok(());
         };
-        let document = self.schema.document(record, seq);
         open.writer
             .add_document(document)
             .map_err(|source| LogStoreError::Index {
@@ -352,11 +366,16 @@ impl LogStore {
         Ok(())
     }
 
-    fn count(&self, record: &LogRecord) {
+    fn count(&self, records: &[LogRecord]) {
         let mut counts = self.counts.lock();
-        *counts
-            .entry((record.service.clone(), record.level.clone()))
-            .or_insert(0) += 1;
+        for record in records {
+            match counts.get_mut(&(record.service.clone(), record.level.clone())) {
+                Some(count) => *count += 1,
+                None => {
+                    counts.insert((record.service.clone(), record.level.clone()), 1);
+                }
+            }
+        }
     }
 
     /// Writes records durably: appended to the WAL and synced before returning.
@@ -367,22 +386,35 @@ impl LogStore {
         if records.is_empty() {
             return Ok(());
         }
+        // Outside the lock: each record's JSON (the WAL's payload and the stored field, made
+        // once) and its document; under it only sequence numbers, the append and hand-over.
+        let mut json = Vec::with_capacity(records.len());
+        for record in &records {
+            json.push(serde_json::to_string(record).map_err(WalError::Encode)?);
+        }
+        let pending = PendingEntry::new(json.iter().map(String::as_str));
+        let documents: Vec<(i64, TantivyDocument)> = records
+            .iter()
+            .zip(json)
+            .map(|(record, json)| {
+                (
+                    self.partition_start(record.timestamp_ns),
+                    self.schema.document_with_json(record, json),
+                )
+            })
+            .collect();
         let file = {
             let mut state = self.write_state.lock();
             let first_seq = state.next_seq;
-            let entry = WalEntry { first_seq, records };
-            let framed = wal::encode_entry(&entry)?;
-            let file = state.wal.append(&framed)?;
-            state.next_seq += entry.records.len() as u64;
-            for (offset, record) in entry.records.iter().enumerate() {
-                self.add_to_writer(&mut state, record, first_seq + offset as u64)?;
-            }
-            drop(state);
-            for record in &entry.records {
-                self.count(record);
+            let file = state.wal.append(&pending.frame(first_seq))?;
+            state.next_seq += documents.len() as u64;
+            for (seq, (start_ns, mut document)) in (first_seq..).zip(documents) {
+                document.add_u64(self.schema.seq, seq);
+                self.add_document(&mut state, start_ns, seq, document)?;
             }
             file
         };
+        self.count(&records);
         // Outside the lock, so concurrent writers share the disk flush.
         wal::sync(&file).map_err(|source| WalError::Io {
             path: self.directory.clone(),
@@ -450,11 +482,16 @@ impl LogStore {
         let mut waiting = Vec::new();
         for (start_ns, open) in taken {
             state.writers.insert(start_ns, open);
-            waiting.extend(state.committing.remove(&start_ns).unwrap_or_default());
+            let arrived = state.committing.remove(&start_ns).unwrap_or_default();
+            waiting.extend(
+                arrived
+                    .into_iter()
+                    .map(|(seq, document)| (seq, start_ns, document)),
+            );
         }
-        waiting.sort_by_key(|(seq, _)| *seq);
-        for (seq, record) in waiting {
-            self.add_to_writer(&mut state, &record, seq)?;
+        waiting.sort_by_key(|(seq, _, _)| *seq);
+        for (seq, start_ns, document) in waiting {
+            self.add_document(&mut state, start_ns, seq, document)?;
         }
         outcome?;
         // Every record of the older generations is now committed.
@@ -594,7 +631,22 @@ fn open_partition(
         path: path.clone(),
         source: error.into(),
     })?;
-    let index = Index::open_or_create(mmap, schema.schema.clone()).map_err(index_error(&path))?;
+    // A partition written by an earlier version keeps its schema (the same fields in the same
+    // order, perhaps with other index options), so documents of this schema fit it.
+    let exists = Index::exists(&mmap).map_err(|error| LogStoreError::Index {
+        path: path.clone(),
+        source: error.into(),
+    })?;
+    let index = if exists {
+        Index::open(mmap)
+    } else {
+        Index::create(
+            mmap,
+            schema.schema.clone(),
+            tantivy::IndexSettings::default(),
+        )
+    }
+    .map_err(index_error(&path))?;
     LogSchema::register_tokenizers(&index);
     let reader = index
         .reader_builder()

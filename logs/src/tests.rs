@@ -225,6 +225,193 @@ fn cursor_pages_stay_stable_while_ingest_goes_on() {
     }
 }
 
+/// Pages of a search over several segments of many blocks, with timestamps out of write
+/// order, against a model: every line sorted by (timestamp, seq).
+#[test]
+fn block_wise_search_matches_a_full_sort_and_counts_up_to_the_threshold() {
+    use crate::search::{TotalRelation, BLOCK_DOCS, DEFAULT_TOTAL_HITS_THRESHOLD};
+    let directory = tempfile::tempdir().unwrap();
+    let store = open(directory.path());
+    // 4 commits of 3.5 blocks each: lines roughly in time order, with a disorder of up to
+    // ~5 minutes, every 7th line "rare", every 1000th line a day late (a backfill).
+    let per_commit = i64::from(BLOCK_DOCS) * 7 / 2;
+    let mut model: Vec<(i64, u64, String)> = Vec::new();
+    let mut seq = 0u64;
+    for commit in 0..4 {
+        let records: Vec<LogRecord> = (0..per_commit)
+            .map(|offset| {
+                let index = commit * per_commit + offset;
+                let jitter = (index * 7_919) % 300_000;
+                let late = if index % 1_000 == 999 {
+                    -DAY_NS / 1_000_000 / 2
+                } else {
+                    0
+                };
+                let kind = if index % 7 == 0 { "rare" } else { "common" };
+                record(
+                    index * 100 + jitter + late,
+                    "info",
+                    "blocks",
+                    &format!("{kind} line {index}"),
+                )
+            })
+            .collect();
+        for line in &records {
+            seq += 1;
+            model.push((line.timestamp_ns, seq, line.message.clone()));
+        }
+        store.write_records(records).unwrap();
+        store.commit().unwrap();
+    }
+    let searcher = LogSearcher::new(store);
+    let lines = model.len() as i64;
+    let windows = [
+        (BASE_NS - DAY_NS, BASE_NS + DAY_NS),
+        (
+            BASE_NS + lines * 30 * 1_000_000,
+            BASE_NS + lines * 40 * 1_000_000,
+        ),
+        (BASE_NS + 1_234 * 1_000_000, BASE_NS + 600_000 * 1_000_000),
+    ];
+    for (start_ns, end_ns) in windows {
+        for query in ["", "rare"] {
+            let mut expected: Vec<&(i64, u64, String)> = model
+                .iter()
+                .filter(|(timestamp, _, message)| {
+                    (start_ns..=end_ns).contains(timestamp)
+                        && (query.is_empty() || message.starts_with(query))
+                })
+                .collect();
+            expected.sort_by_key(|(timestamp, seq, _)| (*timestamp, *seq));
+            for order in [SortOrder::Ascending, SortOrder::Descending] {
+                if order == SortOrder::Descending {
+                    expected.reverse();
+                }
+                let base = SearchRequest {
+                    query: query.to_string(),
+                    start_ns,
+                    end_ns,
+                    limit: 1_000,
+                    cursor: None,
+                    order,
+                };
+                // Exact counting, paged through with cursors.
+                let mut seen: Vec<String> = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = searcher
+                        .search_counting(
+                            &SearchRequest {
+                                cursor,
+                                ..base.clone()
+                            },
+                            u64::MAX,
+                        )
+                        .unwrap();
+                    assert_eq!(page.total, expected.len() as u64);
+                    assert_eq!(page.total_relation, TotalRelation::Equal);
+                    seen.extend(page.hits.iter().map(|hit| hit.record.message.clone()));
+                    match page.next_cursor {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+                let expected_messages: Vec<String> = expected
+                    .iter()
+                    .map(|(_, _, message)| message.clone())
+                    .collect();
+                assert_eq!(seen, expected_messages, "{query:?} {order:?} {start_ns}");
+                // Counting stops at the threshold.
+                let page = searcher.search(&base).unwrap();
+                let first: Vec<String> = page
+                    .hits
+                    .iter()
+                    .map(|hit| hit.record.message.clone())
+                    .collect();
+                assert_eq!(first, expected_messages[..first.len()]);
+                assert_eq!(first.len(), expected.len().min(1_000));
+                // Past the threshold `total` is the threshold and a lower bound, unless every
+                // match was counted anyway (segments read in one pass): then it is exact.
+                for threshold in [DEFAULT_TOTAL_HITS_THRESHOLD, 100] {
+                    let page = searcher.search_counting(&base, threshold).unwrap();
+                    assert_eq!(page.hits.len(), first.len());
+                    match page.total_relation {
+                        TotalRelation::Equal => assert_eq!(page.total, expected.len() as u64),
+                        TotalRelation::GreaterOrEqual => {
+                            assert_eq!(page.total, threshold);
+                            assert!(expected.len() as u64 > threshold);
+                        }
+                    }
+                    if expected.len() as u64 <= threshold {
+                        assert_eq!(page.total_relation, TotalRelation::Equal);
+                    }
+                }
+            }
+        }
+    }
+    // A unique line found by its message among all the blocks, counted exactly.
+    let page = searcher
+        .search(&SearchRequest {
+            start_ns: BASE_NS - DAY_NS,
+            end_ns: BASE_NS + DAY_NS,
+            ..request("\"rare line 9996\"")
+        })
+        .unwrap();
+    assert_eq!(page.total, 1);
+    assert_eq!(page.hits[0].record.message, "rare line 9996");
+}
+
+/// A partition written before `timestamp` and `seq` became fast-only (both were also indexed)
+/// opens with its own schema and takes new lines.
+#[test]
+fn partitions_of_the_earlier_schema_keep_working() {
+    use tantivy::schema::{NumericOptions, FAST, INDEXED};
+    let directory = tempfile::tempdir().unwrap();
+    let current = crate::schema::LogSchema::new();
+    let mut builder = tantivy::schema::Schema::builder();
+    for (_, entry) in current.schema.fields() {
+        match entry.name() {
+            "timestamp" => {
+                builder.add_i64_field(
+                    "timestamp",
+                    NumericOptions::default().set_indexed().set_fast(),
+                );
+            }
+            "seq" => {
+                builder.add_u64_field("seq", FAST | INDEXED);
+            }
+            _ => {
+                builder.add_field(entry.clone());
+            }
+        }
+    }
+    let old_schema = builder.build();
+    assert_ne!(old_schema, current.schema);
+    let partition = directory.path().join(crate::store::partition_name(
+        BASE_NS - BASE_NS.rem_euclid(DAY_NS),
+    ));
+    std::fs::create_dir_all(&partition).unwrap();
+    let index = tantivy::Index::create_in_dir(&partition, old_schema).unwrap();
+    crate::schema::LogSchema::register_tokenizers(&index);
+    let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 15 << 20).unwrap();
+    writer
+        .add_document(current.document(&record(1, "info", "old", "written before"), 1))
+        .unwrap();
+    writer.commit().unwrap();
+    drop(writer);
+    let store = open(directory.path());
+    store
+        .write_records(vec![record(2, "info", "new", "written after")])
+        .unwrap();
+    store.commit().unwrap();
+    let searcher = LogSearcher::new(store);
+    assert_eq!(
+        messages(&searcher, ""),
+        vec!["written after", "written before"]
+    );
+    assert_eq!(messages(&searcher, "service:old"), vec!["written before"]);
+}
+
 #[test]
 fn unwritten_commits_are_replayed_from_the_wal_without_duplicates() {
     let directory = tempfile::tempdir().unwrap();

@@ -61,9 +61,16 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
     }
 }
 
+/// FNV-1a's offset basis: the hash of nothing.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// Returns the FNV-1a 64-bit hash of `bytes`.
 pub fn checksum(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    checksum_continue(FNV_OFFSET, bytes)
+}
+
+/// Returns the FNV-1a 64-bit hash of the bytes hashed into `hash` followed by `bytes`.
+fn checksum_continue(mut hash: u64, bytes: &[u8]) -> u64 {
     for byte in bytes {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
@@ -154,6 +161,46 @@ pub fn encode_entry(entry: &WalEntry) -> Result<Vec<u8>, WalError> {
     framed.extend_from_slice(&checksum(&payload).to_le_bytes());
     framed.extend_from_slice(&payload);
     Ok(framed)
+}
+
+/// An entry encoded before its first sequence number is known, so the costly part (the
+/// records' JSON and its checksum) is done outside the store's lock. The payload is
+/// `{"records":[…],"first_seq":N}`, which decodes as a [`WalEntry`].
+pub struct PendingEntry {
+    /// The 12 header bytes (filled by [`PendingEntry::frame`]) and the payload so far.
+    framed: Vec<u8>,
+    /// FNV-1a of the payload so far.
+    hash: u64,
+}
+
+impl PendingEntry {
+    /// Encodes the records, given as their JSON (as `serde_json` writes a [`LogRecord`]).
+    pub fn new<'a>(record_json: impl ExactSizeIterator<Item = &'a str> + Clone) -> Self {
+        let length: usize = record_json.clone().map(|json| json.len() + 1).sum();
+        let mut framed = Vec::with_capacity(12 + 40 + length);
+        framed.extend_from_slice(&[0u8; 12]);
+        framed.extend_from_slice(b"{\"records\":[");
+        for (index, json) in record_json.enumerate() {
+            if index > 0 {
+                framed.push(b',');
+            }
+            framed.extend_from_slice(json.as_bytes());
+        }
+        framed.extend_from_slice(b"],\"first_seq\":");
+        let hash = checksum(&framed[12..]);
+        PendingEntry { framed, hash }
+    }
+
+    /// Completes the entry with its first sequence number; returns the bytes to append.
+    pub fn frame(mut self, first_seq: u64) -> Vec<u8> {
+        let suffix = format!("{first_seq}}}");
+        self.hash = checksum_continue(self.hash, suffix.as_bytes());
+        self.framed.extend_from_slice(suffix.as_bytes());
+        let payload_length = (self.framed.len() - 12) as u32;
+        self.framed[..4].copy_from_slice(&payload_length.to_le_bytes());
+        self.framed[4..12].copy_from_slice(&self.hash.to_le_bytes());
+        self.framed
+    }
 }
 
 impl Wal {
@@ -259,6 +306,36 @@ mod tests {
         let entries = read_entries(directory.path(), 1).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].records[0].message, "b");
+    }
+
+    #[test]
+    fn pending_entries_decode_like_encoded_ones() {
+        let records = [
+            LogRecord {
+                message: "a \"quoted\" line".to_string(),
+                timestamp_ns: -5,
+                ..LogRecord::default()
+            },
+            LogRecord {
+                service: "b".to_string(),
+                ..LogRecord::default()
+            },
+        ];
+        let json: Vec<String> = records
+            .iter()
+            .map(|record| serde_json::to_string(record).unwrap())
+            .collect();
+        let framed = PendingEntry::new(json.iter().map(String::as_str)).frame(41);
+        let mut bytes = encode_entry(&entry(7, "before")).unwrap();
+        bytes.extend_from_slice(&framed);
+        let entries = decode_entries(&bytes);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].first_seq, 41);
+        assert_eq!(entries[1].records, records);
+        // A flipped byte fails the checksum.
+        let last = bytes.len() - 3;
+        bytes[last] ^= 1;
+        assert_eq!(decode_entries(&bytes).len(), 1);
     }
 
     #[test]

@@ -448,14 +448,15 @@ pub fn run_against_vigil(args: &LogsArgs) -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     }
     let acknowledged_after = started.elapsed();
-    // Searchable: every line of the run counted by a search over its whole span.
+    // Searchable: every line of the run counted by a search over its whole span (counting
+    // all matches, not up to the default threshold).
     let mut connection = HttpConnection::open(&args.url)?;
     let path = search_path(
         &format!("attributes.run:r{run}"),
         generator.start_ns - 1_000_000_000,
         end_ns + 60_000_000_000,
         1,
-    );
+    ) + "&track_total_hits=true";
     let searchable_after = loop {
         let answer = connection.get_json(&path)?;
         if answer["total"].as_u64() == Some(args.lines) {
@@ -590,7 +591,8 @@ pub fn run_search(args: &SearchArgs) -> anyhow::Result<()> {
                 .context("no line of a `vigil-load logs` run found")?
         }
     };
-    let total = connection.get_json(&search_path("", start_ns, end_ns, 1))?["total"]
+    let everything = search_path("", start_ns, end_ns, 1) + "&track_total_hits=true";
+    let total = connection.get_json(&everything)?["total"]
         .as_u64()
         .unwrap_or(0);
     let mut state = 0x2545_f491_4f6c_dd1du64;
