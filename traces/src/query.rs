@@ -9,7 +9,7 @@ use serde_json::Value;
 use vigil_model::{parse_hex_id, Span, StatusCode};
 
 use crate::codec::{decode_span_index, IndexedSpan};
-use crate::store::{read_chunk, read_trace, SpanStore, StoreError, GROUP_SPREAD_NS};
+use crate::store::{read_chunk, read_trace, Partition, SpanStore, StoreError, GROUP_SPREAD_NS};
 
 /// Spans the dependency graph reads at most per request; past it the graph covers the newest
 /// part of the window and says so.
@@ -220,7 +220,12 @@ impl SpanStore {
         for partition in self.partitions_newest_first() {
             let recent_chunks = partition.recent_chunks(trace_id);
             partition.read(|connection| {
-                spans.extend(read_trace(connection, trace_id, &recent_chunks)?);
+                spans.extend(read_trace(
+                    &partition,
+                    connection,
+                    trace_id,
+                    &recent_chunks,
+                )?);
                 Ok(())
             })?;
         }
@@ -389,7 +394,7 @@ impl SpanStore {
                     continue;
                 }
                 partition.read(|connection| {
-                    hits.extend(search_partition(connection, query, limit)?);
+                    hits.extend(search_partition(&partition, connection, query, limit)?);
                     Ok(())
                 })?;
             }
@@ -560,6 +565,7 @@ impl SearchHits {
 /// span, trace), at least the `limit` newest per index range. Rows are read newest first; a
 /// row keyed `start_ns` holds spans that started up to [`GROUP_SPREAD_NS`] before it.
 fn search_partition(
+    partition: &Partition,
     connection: &rusqlite::Connection,
     query: &TraceQuery,
     limit: usize,
@@ -673,7 +679,7 @@ fn search_partition(
                         if chunk_cache.len() > 4_096 {
                             chunk_cache.clear();
                         }
-                        chunk_cache.insert(chunk_id, read_chunk(connection, chunk_id)?);
+                        chunk_cache.insert(chunk_id, read_chunk(partition, connection, chunk_id)?);
                     }
                     let matched = chunk_cache
                         .get(&chunk_id)

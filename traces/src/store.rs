@@ -24,6 +24,8 @@
 //! (not a power loss). Checkpoints run on a background thread, not in the write path.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
@@ -59,14 +61,15 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 const WAL_RESET_BYTES: u64 = 64 << 20;
 
 /// The layout version of a partition file (`PRAGMA user_version`).
-const PARTITION_FORMAT: i64 = 2;
+const PARTITION_FORMAT: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY,
     trace_id BLOB NOT NULL,
     correlation BLOB,
-    body BLOB NOT NULL
+    body_offset INTEGER NOT NULL,
+    body_length INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS trace_index (
     trace_id BLOB NOT NULL,
@@ -211,6 +214,8 @@ pub(crate) struct Partition {
     readers: Mutex<Vec<Connection>>,
     /// Index entries not yet merged into the file's indexes (only the head's grow).
     recent: RwLock<RecentIndex>,
+    /// The chunk bodies file, opened for reading on first use.
+    bodies: std::sync::OnceLock<File>,
 }
 
 impl Partition {
@@ -222,7 +227,47 @@ impl Partition {
             max_start_ns: AtomicI64::new(max_start_ns),
             readers: Mutex::new(Vec::new()),
             recent: RwLock::new(RecentIndex::default()),
+            bodies: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The file of the chunk bodies: `<partition file>.bodies`.
+    fn bodies_path(&self) -> PathBuf {
+        let mut text = self.path.as_os_str().to_owned();
+        text.push(".bodies");
+        PathBuf::from(text)
+    }
+
+    fn bodies_error(&self, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: self.bodies_path(),
+            source,
+        }
+    }
+
+    fn bodies_file(&self) -> Result<&File, StoreError> {
+        if let Some(file) = self.bodies.get() {
+            return Ok(file);
+        }
+        let opened = File::open(self.bodies_path()).map_err(|error| self.bodies_error(error))?;
+        Ok(self.bodies.get_or_init(|| opened))
+    }
+
+    /// Reads `length` bytes of chunk bodies at `offset`.
+    pub(crate) fn read_body(&self, offset: u64, length: usize) -> Result<Vec<u8>, StoreError> {
+        let mut body = vec![0u8; length];
+        self.bodies_file()?
+            .read_exact_at(&mut body, offset)
+            .map_err(|error| self.bodies_error(error))?;
+        Ok(body)
+    }
+
+    /// Flushes the chunk bodies to disk, so a checkpoint does not move rows naming bodies
+    /// that a power loss could still take back into the file.
+    fn sync_bodies(&self) -> Result<(), StoreError> {
+        self.bodies_file()?
+            .sync_data()
+            .map_err(|error| self.bodies_error(error))
     }
 
     /// Returns the chunks of `trace_id` not yet in `trace_index`. Read before the file, so an
@@ -271,13 +316,18 @@ impl Partition {
         outcome
     }
 
-    fn files(&self) -> [PathBuf; 3] {
+    fn files(&self) -> [PathBuf; 4] {
         let text = self.path.as_os_str().to_owned();
         let mut wal = text.clone();
         wal.push("-wal");
         let mut shm = text;
         shm.push("-shm");
-        [self.path.clone(), PathBuf::from(wal), PathBuf::from(shm)]
+        [
+            self.path.clone(),
+            PathBuf::from(wal),
+            PathBuf::from(shm),
+            self.bodies_path(),
+        ]
     }
 
     fn disk_bytes(&self) -> u64 {
@@ -293,6 +343,11 @@ impl Partition {
 struct Writer {
     partition: Arc<Partition>,
     connection: Connection,
+    /// The head's chunk bodies, appended before the transaction naming them commits (so a
+    /// crash in between leaves unnamed bytes at the end, never a name without its bytes).
+    bodies: File,
+    /// Bytes in `bodies`: where the next write appends.
+    bodies_length: u64,
     services: HashMap<String, i64>,
     /// Operation IDs by service ID and name.
     operations: HashMap<i64, HashMap<String, i64>>,
@@ -696,6 +751,7 @@ impl SpanStore {
             Some(head) => head.clone(),
             None => return Ok(()),
         };
+        head.sync_bodies()?;
         head.read(|connection| {
             connection.pragma_update(None, "query_only", false)?;
             let outcome = connection
@@ -704,7 +760,7 @@ impl SpanStore {
             connection.pragma_update(None, "query_only", true)?;
             outcome
         })?;
-        let [_, wal, _] = head.files();
+        let [_, wal, _, _] = head.files();
         let wal_bytes = std::fs::metadata(&wal)
             .map(|metadata| metadata.len())
             .unwrap_or(0);
@@ -811,9 +867,24 @@ fn spawn_checkpointer(store: Weak<SpanStore>, stopping: Arc<AtomicBool>) {
 impl Writer {
     fn open(partition: Arc<Partition>, cache_kib: i64) -> Result<Writer, StoreError> {
         let connection = open_writer(&partition.path, cache_kib)?;
+        let bodies_path = partition.bodies_path();
+        let io_error = |source| StoreError::Io {
+            path: bodies_path.clone(),
+            source,
+        };
+        let bodies = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&bodies_path)
+            .map_err(io_error)?;
+        let bodies_length = bodies.metadata().map_err(io_error)?.len();
         let mut writer = Writer {
             partition,
             connection,
+            bodies,
+            bodies_length,
             services: HashMap::new(),
             operations: HashMap::new(),
         };
@@ -873,10 +944,13 @@ impl Writer {
         // Index entries of this write, for the recent index once committed.
         let mut new_chunks: Vec<([u8; 16], i64)> = Vec::new();
         let mut new_values: Vec<(String, [u8; 16])> = Vec::new();
+        // The chunk bodies of this write, appended to the bodies file in one call.
+        let mut body_buffer: Vec<u8> = Vec::new();
         let transaction = self.connection.unchecked_transaction()?;
         {
             let mut insert_chunk = transaction.prepare_cached(
-                "INSERT INTO chunks (trace_id, correlation, body) VALUES (?1, ?2, ?3)",
+                "INSERT INTO chunks (trace_id, correlation, body_offset, body_length) \
+                 VALUES (?1, ?2, ?3, ?4)",
             )?;
             let mut insert_group = transaction.prepare_cached(
                 "INSERT INTO span_groups (service_id, start_ns, chunk_id, trace_id, spans) \
@@ -907,7 +981,14 @@ impl Writer {
                 new_values.extend(values.into_iter().map(|value| (value, trace_id)));
                 for chunk in group.chunks(MAX_SPANS_PER_CHUNK) {
                     let body = encode_chunk(trace_id, chunk)?;
-                    insert_chunk.execute(params![&trace_id[..], chunk_values.take(), body])?;
+                    let body_offset = self.bodies_length + body_buffer.len() as u64;
+                    body_buffer.extend_from_slice(&body);
+                    insert_chunk.execute(params![
+                        &trace_id[..],
+                        chunk_values.take(),
+                        i64::try_from(body_offset).unwrap_or(i64::MAX),
+                        body.len() as i64
+                    ])?;
                     let chunk_id = transaction.last_insert_rowid();
                     new_chunks.push((trace_id, chunk_id));
                     entries.clear();
@@ -987,6 +1068,14 @@ impl Writer {
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             )?
             .execute(params![new_min, new_max])?;
+        self.bodies
+            .write_all_at(&body_buffer, self.bodies_length)
+            .map_err(|source| StoreError::Io {
+                path: self.partition.bodies_path(),
+                source,
+            })?;
+        // Past these bytes whether or not the commit succeeds: unnamed bytes stay unused.
+        self.bodies_length += body_buffer.len() as u64;
         transaction.commit()?;
         partition.min_start_ns.store(new_min, Ordering::Relaxed);
         partition.max_start_ns.store(new_max, Ordering::Relaxed);
@@ -1106,6 +1195,7 @@ struct CommitQueue {
 /// Reads every span of `trace_id` in one partition: the chunks `trace_index` names and
 /// `recent_chunks` (the partition's [`Partition::recent_chunks`], read before this).
 pub(crate) fn read_trace(
+    partition: &Partition,
     connection: &Connection,
     trace_id: &[u8; 16],
     recent_chunks: &[i64],
@@ -1123,19 +1213,28 @@ pub(crate) fn read_trace(
     chunk_ids.dedup();
     let mut spans = Vec::new();
     for chunk_id in chunk_ids {
-        spans.extend(read_chunk(connection, chunk_id)?);
+        spans.extend(read_chunk(partition, connection, chunk_id)?);
     }
     Ok(spans)
 }
 
-/// Reads the spans of chunk `chunk_id`, decoded (empty when there is no such chunk).
-pub(crate) fn read_chunk(connection: &Connection, chunk_id: i64) -> Result<Vec<Span>, StoreError> {
-    let body: Option<Vec<u8>> = connection
-        .prepare_cached("SELECT body FROM chunks WHERE id = ?1")?
-        .query_row([chunk_id], |row| row.get(0))
+/// Reads the spans of chunk `chunk_id` of `partition`, decoded (empty when there is no such
+/// chunk).
+pub(crate) fn read_chunk(
+    partition: &Partition,
+    connection: &Connection,
+    chunk_id: i64,
+) -> Result<Vec<Span>, StoreError> {
+    let location: Option<(i64, i64)> = connection
+        .prepare_cached("SELECT body_offset, body_length FROM chunks WHERE id = ?1")?
+        .query_row([chunk_id], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    match body {
-        Some(body) => Ok(decode_chunk(&body)?),
-        None => Ok(Vec::new()),
-    }
+    let Some((offset, length)) = location else {
+        return Ok(Vec::new());
+    };
+    let body = partition.read_body(
+        u64::try_from(offset).unwrap_or(0),
+        usize::try_from(length).unwrap_or(0),
+    )?;
+    Ok(decode_chunk(&body)?)
 }
