@@ -17,6 +17,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: ingest converts and frees many small strings on several
+/// threads at once, which under glibc's allocator took about a fifth of the OTLP trace path's
+/// CPU and contended its arena locks (see docs/BENCHMARKS.md, "OTLP/gRPC trace ingest").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli::run(cli) {
