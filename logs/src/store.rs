@@ -254,7 +254,7 @@ impl LogStore {
         max_seq_per_partition: &BTreeMap<i64, u64>,
     ) -> Result<usize, LogStoreError> {
         let mut state = self.write_state.lock();
-        let mut replayed = 0;
+        let mut replayed = Vec::new();
         for (offset, record) in entry.records.iter().enumerate() {
             let seq = entry.first_seq + offset as u64;
             let start_ns = self.partition_start(record.timestamp_ns);
@@ -265,11 +265,12 @@ impl LogStore {
             }
             let document = self.schema.document(record, seq);
             self.add_document(&mut state, start_ns, seq, document)?;
-            replayed += 1;
+            replayed.push(record);
         }
         drop(state);
-        self.count(&entry.records);
-        Ok(replayed)
+        let count = replayed.len();
+        self.count(replayed);
+        Ok(count)
     }
 
     fn partition_start(&self, timestamp_ns: i64) -> i64 {
@@ -366,15 +367,12 @@ impl LogStore {
         Ok(())
     }
 
-    fn count(&self, records: &[LogRecord]) {
+    fn count<'a>(&self, records: impl IntoIterator<Item = &'a LogRecord>) {
         let mut counts = self.counts.lock();
         for record in records {
-            match counts.get_mut(&(record.service.clone(), record.level.clone())) {
-                Some(count) => *count += 1,
-                None => {
-                    counts.insert((record.service.clone(), record.level.clone()), 1);
-                }
-            }
+            *counts
+                .entry((record.service.clone(), record.level.clone()))
+                .or_insert(0) += 1;
         }
     }
 
