@@ -2,6 +2,8 @@
 //! encoded. Attribute values are OTLP `AnyValue`s held as JSON in [`Span`]; postcard cannot
 //! carry `serde_json::Value` (it is self-describing), so they travel as [`StoredValue`].
 //! Resource attribute sets repeat across the spans of a batch and are stored once per chunk.
+//! Also the packed index entries of a `span_groups` row ([`IndexedSpan`]) and the correlation
+//! values of a chunk.
 
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};

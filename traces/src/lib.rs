@@ -1,7 +1,8 @@
 //! Vigil's span store and trace query API (DESIGN.md §4 "Traces", §6).
 //!
-//! - [`SpanStore`]: time-partitioned SQLite files implementing [`vigil_model::SpanSink`],
-//!   keyed by trace ID, service + start time, service + operation and correlation ID.
+//! - [`SpanStore`]: time-partitioned SQLite files (with the span bodies in a file of their
+//!   own) implementing [`vigil_model::SpanSink`], keyed by trace ID, service + start time and
+//!   correlation ID.
 //! - [`query`]: trace by ID, search, services, operations, dependencies, correlation.
 //! - [`api`]: the HTTP routes, in Vigil's shape under `/api/v1/` and in Jaeger's query API
 //!   shape under `/jaeger/api/` (so Grafana's Jaeger data source browses Vigil).

@@ -14,7 +14,7 @@ use crate::store::{read_chunk, read_trace, Partition, SpanStore, StoreError, GRO
 /// Spans the dependency graph reads at most per request; past it the graph covers the newest
 /// part of the window and says so.
 pub const MAX_DEPENDENCY_SPANS: usize = 2_000_000;
-/// Index rows a search examines at most before it answers with what it found.
+/// Index entries (spans) a search examines at most before it answers with what it found.
 pub const MAX_SEARCH_ROWS: usize = 1_000_000;
 /// Traces a correlation ID resolves to at most.
 pub const MAX_CORRELATED_TRACES: usize = 100;

@@ -135,7 +135,10 @@ impl Default for SpanStoreOptions {
                 "uuid".to_string(),
             ],
             partition_duration: Duration::from_secs(86_400),
-            cache_kib: 65_536,
+            // Small on purpose: SQLite walks the whole page cache at every commit
+            // (`pcache1Truncate`), and what a write touches besides the recent-index merge is the
+            // right edge of a few B-trees.
+            cache_kib: 16_384,
             recent_index_entries: RECENT_INDEX_ENTRIES,
         }
     }
