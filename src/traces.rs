@@ -42,6 +42,17 @@ pub async fn run_maintenance(
     shutdown: CancellationToken,
 ) {
     let mut retention = tokio::time::interval(RETENTION_INTERVAL);
+    let commits = telemetry.counter(
+        "vigil_span_store_commits_total",
+        "Transactions the span store committed for write calls (one group commit carries every call queued at the time).",
+        &[],
+    );
+    let batches = telemetry.counter(
+        "vigil_span_store_batches_total",
+        "Write calls (OTLP exports) the span store committed.",
+        &[],
+    );
+    let mut reported = (0u64, 0u64);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -49,11 +60,11 @@ pub async fn run_maintenance(
                 let store = store.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
                     let dropped = store.enforce_retention(now_ms());
-                    (dropped, store.disk_usage())
+                    (dropped, store.disk_usage(), store.group_commit_counts())
                 })
                 .await;
                 match outcome {
-                    Ok((dropped, (partitions, bytes))) => {
+                    Ok((dropped, (partitions, bytes), counts)) => {
                         match dropped {
                             Ok(0) => {}
                             Ok(count) => tracing::info!(partitions = count, "span retention dropped partitions"),
@@ -65,6 +76,9 @@ pub async fn run_maintenance(
                         telemetry
                             .gauge("vigil_span_partitions", "Time partitions (SQLite files) in the span store.", &[])
                             .set(i64::try_from(partitions).unwrap_or(i64::MAX));
+                        commits.add(counts.0.saturating_sub(reported.0));
+                        batches.add(counts.1.saturating_sub(reported.1));
+                        reported = counts;
                     }
                     Err(error) => tracing::warn!(%error, "span retention task failed"),
                 }

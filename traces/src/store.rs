@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -366,6 +366,9 @@ pub struct SpanStore {
     queue: Mutex<CommitQueue>,
     committed: Condvar,
     stopping: Arc<AtomicBool>,
+    /// Group commits run, and the write calls (batches) they carried.
+    group_commits: AtomicU64,
+    grouped_batches: AtomicU64,
 }
 
 impl std::fmt::Debug for SpanStore {
@@ -624,6 +627,8 @@ impl SpanStore {
             queue: Mutex::new(CommitQueue::default()),
             committed: Condvar::new(),
             stopping: Arc::new(AtomicBool::new(false)),
+            group_commits: AtomicU64::new(0),
+            grouped_batches: AtomicU64::new(0),
         });
         spawn_checkpointer(Arc::downgrade(&store), store.stopping.clone());
         Ok(store)
@@ -710,6 +715,9 @@ impl SpanStore {
                 .write_references(&references)
                 .map_err(|error| error.to_string());
             drop(references);
+            self.group_commits.fetch_add(1, Ordering::Relaxed);
+            self.grouped_batches
+                .fetch_add(taken.len() as u64, Ordering::Relaxed);
             queue = self.queue.lock();
             for (taken_ticket, _) in taken {
                 queue.results.insert(taken_ticket, outcome.clone());
@@ -776,6 +784,15 @@ impl SpanStore {
             }
         }
         Ok(())
+    }
+
+    /// Returns how many group commits [`SpanStore::write_grouped`] ran and how many write
+    /// calls they carried, since the store was opened (their ratio is the batches per commit).
+    pub fn group_commit_counts(&self) -> (u64, u64) {
+        (
+            self.group_commits.load(Ordering::Relaxed),
+            self.grouped_batches.load(Ordering::Relaxed),
+        )
     }
 
     /// Returns the number of partitions and the bytes they take on disk.

@@ -833,4 +833,7 @@ fn concurrent_writers_share_commits_and_lose_nothing() {
         let spans = store.trace(&trace_id).unwrap();
         assert!(spans.iter().any(|span| span.span_id == span_id));
     }
+    let (commits, batches) = store.group_commit_counts();
+    assert_eq!(batches, 40);
+    assert!((1..=40).contains(&commits), "{commits} commits");
 }
