@@ -816,6 +816,14 @@ impl SpanStore {
     pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, StoreError> {
         let retention_ms = i64::try_from(self.options.retention.as_millis()).unwrap_or(i64::MAX);
         let cutoff_ms = now_ms.saturating_sub(retention_ms);
+        if self.options.retention_size > 0 {
+            // A head over an eighth of the size limit is cut first, so the limit is kept to
+            // within about one partition, and the new head's files count below.
+            let mut writer = self.writer.lock();
+            if writer.partition.disk_bytes() > self.options.retention_size / 8 {
+                self.roll(&mut writer)?;
+            }
+        }
         let mut dropped = Vec::new();
         {
             let mut partitions = self.partitions.write();
@@ -846,14 +854,6 @@ impl SpanStore {
                         tracing::warn!(%error, path = %path.display(), "removing a span partition failed")
                     }
                 }
-            }
-        }
-        if self.options.retention_size > 0 {
-            // A head over an eighth of the size limit is cut, so the limit is kept to within
-            // about one partition.
-            let mut writer = self.writer.lock();
-            if writer.partition.disk_bytes() > self.options.retention_size / 8 {
-                self.roll(&mut writer)?;
             }
         }
         Ok(count)
