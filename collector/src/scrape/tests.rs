@@ -536,7 +536,7 @@ async fn refused_writes_are_counted_and_metadata_resent() {
     }
     let server = TestServer::start(Reply::ok("# TYPE a gauge\na 1\n")).await;
     let config = scrape_config(
-        "job_name: refused\nscrape_interval: 100ms\nstatic_configs: [{targets: [ADDRESS]}]\n",
+        "job_name: refused\nscrape_interval: 1s\nscrape_timeout: 1s\nstatic_configs: [{targets: [ADDRESS]}]\n",
         server.address,
     );
     let sink = Arc::new(RefuseFirst::default());
