@@ -1,12 +1,11 @@
 //! What the HTTP ingest endpoints share: their state, the write path into the metric sink with
-//! backpressure, and the error body `{"status":"error","errorType":..,"error":..}`.
+//! backpressure, and the error body `{"status":"error","errorType":..,"error":..}` (Vigil's
+//! one API error type, [`vigil_model::api::ApiError`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::StatusCode;
 use tokio::sync::Semaphore;
 use vigil_model::{MetricBatch, MetricSink, SinkError, Telemetry};
 
@@ -62,9 +61,9 @@ impl IngestState {
             self.telemetry
                 .ingest_dropped(protocol, "overloaded")
                 .add(batch.sample_count() as u64);
-            ApiError::overloaded()
+            store_overloaded()
         })?
-        .map_err(|_| ApiError::overloaded())?;
+        .map_err(|_| store_overloaded())?;
         let sink = self.sink.clone();
         let sample_count = batch.sample_count() as u64;
         let result = tokio::task::spawn_blocking(move || {
@@ -79,7 +78,7 @@ impl IngestState {
                 self.telemetry
                     .ingest_dropped(protocol, "overloaded")
                     .add(sample_count);
-                Err(ApiError::overloaded())
+                Err(store_overloaded())
             }
             Err(SinkError::LimitExceeded { rejected, reason }) => {
                 self.telemetry
@@ -96,61 +95,11 @@ impl IngestState {
     }
 }
 
-/// An error answered as `{"status":"error","errorType":..,"error":..}`.
-#[derive(Debug)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Prometheus-style error type (`bad_data`, `unavailable`, `internal`).
-    pub error_type: &'static str,
-    /// Human-readable reason.
-    pub message: String,
-}
+pub use vigil_model::api::ApiError;
 
-impl ApiError {
-    /// Returns an error with the given status, type and message.
-    pub fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            error_type,
-            message: message.into(),
-        }
-    }
-
-    /// 400 `bad_data`.
-    pub fn bad_data(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_data", message)
-    }
-
-    /// 503 `unavailable`, answered with `Retry-After`.
-    pub fn overloaded() -> Self {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "metric store is overloaded, retry later",
-        )
-    }
-
-    /// 500 `internal`.
-    pub fn internal(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({
-            "status": "error",
-            "errorType": self.error_type,
-            "error": self.message,
-        }));
-        if self.status == StatusCode::SERVICE_UNAVAILABLE
-            || self.status == StatusCode::TOO_MANY_REQUESTS
-        {
-            return (self.status, [(header::RETRY_AFTER, "1")], body).into_response();
-        }
-        (self.status, body).into_response()
-    }
+/// 503 `unavailable` (answered with `Retry-After`): the metric store refused a write.
+pub fn store_overloaded() -> ApiError {
+    ApiError::unavailable("metric store is overloaded, retry later")
 }
 
 /// Reads a request body, counting and answering a body over `server.max_body_bytes` (413) or

@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use vigil_model::api::{ApiError, QueryPool};
 use vigil_model::LogRecord;
 
 use crate::search::{
@@ -42,33 +41,7 @@ const TOP_VALUES: usize = 20;
 #[derive(Clone)]
 struct ApiState {
     searcher: Arc<LogSearcher>,
-    permits: Arc<Semaphore>,
-}
-
-/// An error answered in the API's JSON shape.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    error_type: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn bad_data(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            error_type: "bad_data",
-            message: message.into(),
-        }
-    }
-
-    fn internal(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error_type: "internal",
-            message: message.into(),
-        }
-    }
+    pool: QueryPool,
 }
 
 impl From<SearchError> for ApiError {
@@ -77,16 +50,6 @@ impl From<SearchError> for ApiError {
             SearchError::InvalidQuery(_) => ApiError::bad_data(error.to_string()),
             SearchError::Index(_) => ApiError::internal(error.to_string()),
         }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"status": "error", "errorType": self.error_type, "error": self.message})),
-        )
-            .into_response()
     }
 }
 
@@ -202,24 +165,8 @@ async fn run_blocking<T: Send + 'static>(
     state: &ApiState,
     work: impl FnOnce(&LogSearcher) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let permit = tokio::time::timeout(
-        Duration::from_secs(30),
-        state.permits.clone().acquire_owned(),
-    )
-    .await
-    .map_err(|_| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        error_type: "unavailable",
-        message: "too many log searches at once, retry later".to_string(),
-    })?
-    .map_err(|_| ApiError::internal("search pool closed"))?;
     let searcher = state.searcher.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        work(&searcher)
-    })
-    .await
-    .map_err(|error| ApiError::internal(format!("search task failed: {error}")))?
+    state.pool.run(move || work(&searcher)).await
 }
 
 async fn search(State(state): State<ApiState>, Query(params): Query<LogParams>) -> Response {
@@ -470,7 +417,10 @@ async fn tail(State(state): State<ApiState>, Query(params): Query<LogParams>) ->
 pub fn router(store: Arc<LogStore>) -> Router {
     let state = ApiState {
         searcher: Arc::new(LogSearcher::new(store)),
-        permits: Arc::new(Semaphore::new(MAX_CONCURRENT_SEARCHES)),
+        pool: QueryPool::new(
+            MAX_CONCURRENT_SEARCHES,
+            "too many log searches at once, retry later",
+        ),
     };
     Router::new()
         .route("/api/v1/logs/search", get(search))

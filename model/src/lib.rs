@@ -5,6 +5,7 @@
 //! never imports `query`; it writes through [`MetricSink`], which the binary hands it.
 #![warn(missing_docs)]
 
+pub mod api;
 mod labels;
 mod log;
 mod matcher;

@@ -5,16 +5,15 @@
 //! once; errors are `{"status":"error","errorType":..,"error":..}`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::Semaphore;
+pub(crate) use vigil_model::api::ApiError;
+use vigil_model::api::QueryPool;
 use vigil_model::{hex_id, parse_hex_id, LogRecord, Span};
 
 use crate::query::{TraceQuery, TraceSummary};
@@ -59,41 +58,7 @@ impl CorrelatedLogs for NoLogs {
 pub(crate) struct ApiState {
     pub(crate) store: Arc<SpanStore>,
     logs: Arc<dyn CorrelatedLogs>,
-    permits: Arc<Semaphore>,
-}
-
-/// An error answered in the API's JSON shape.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    pub(crate) status: StatusCode,
-    pub(crate) error_type: &'static str,
-    pub(crate) message: String,
-}
-
-impl ApiError {
-    pub(crate) fn bad_data(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            error_type: "bad_data",
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn not_found(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            error_type: "not_found",
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn internal(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error_type: "internal",
-            message: message.into(),
-        }
-    }
+    pool: QueryPool,
 }
 
 impl From<StoreError> for ApiError {
@@ -103,22 +68,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"status": "error", "errorType": self.error_type, "error": self.message})),
-        )
-            .into_response()
-    }
-}
-
 /// Returns the trace routes (Vigil's and Jaeger's) over `store`, with `logs` for correlation.
 pub fn router(store: Arc<SpanStore>, logs: Arc<dyn CorrelatedLogs>) -> Router {
     let state = ApiState {
         store,
         logs,
-        permits: Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES)),
+        pool: QueryPool::new(
+            MAX_CONCURRENT_QUERIES,
+            "too many trace queries at once, retry later",
+        ),
     };
     Router::new()
         .route("/api/v1/traces", get(search))
@@ -136,24 +94,8 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
     state: &ApiState,
     work: impl FnOnce(&SpanStore) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let permit = tokio::time::timeout(
-        Duration::from_secs(30),
-        state.permits.clone().acquire_owned(),
-    )
-    .await
-    .map_err(|_| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        error_type: "unavailable",
-        message: "too many trace queries at once, retry later".to_string(),
-    })?
-    .map_err(|_| ApiError::internal("query pool closed"))?;
     let store = state.store.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        work(&store)
-    })
-    .await
-    .map_err(|error| ApiError::internal(format!("query task failed: {error}")))?
+    state.pool.run(move || work(&store)).await
 }
 
 fn respond(outcome: Result<Value, ApiError>) -> Response {

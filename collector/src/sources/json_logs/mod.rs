@@ -121,11 +121,7 @@ impl LogIngestState {
 }
 
 fn log_store_overloaded() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "log store is overloaded, retry later",
-    )
+    ApiError::unavailable("log store is overloaded, retry later")
 }
 
 /// One refused line of a `POST /api/v1/logs` body.
