@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use axum::http::StatusCode;
-use common::webhook::{assert_webhook_v4_fields, import_error_ratio, now_ms, Receiver};
+use common::webhook::{
+    assert_webhook_v4_fields, import_error_ratio, now_ms, wait_for_count, Receiver,
+};
 use common::Vigil;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -462,20 +464,7 @@ impl SmtpSink {
     }
 
     async fn wait_for(&self, count: usize, patience: Duration) -> anyhow::Result<Vec<String>> {
-        let deadline = Instant::now() + patience;
-        loop {
-            let messages = self.messages.lock().clone();
-            if messages.len() >= count {
-                return Ok(messages);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} emails after {patience:?}, wanted {count}: {messages:#?}",
-                    messages.len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_count("emails", count, patience, || self.messages.lock().clone()).await
     }
 }
 
@@ -985,16 +974,7 @@ fn check_rules_accepts_the_examples_of_prometheus_documentation() {
     let testdata = concat!(env!("CARGO_MANIFEST_DIR"), "/alerting/testdata");
     let recording = format!("{testdata}/prometheus-docs-recording.yml");
     let alerting = format!("{testdata}/prometheus-docs-alerting.yml");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["check-rules", &recording, &alerting])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = check_rules_succeeds(&[&recording, &alerting]);
     assert!(
         stdout.contains(&format!("Checking {recording}\n  SUCCESS: 2 rules found")),
         "{stdout}"
@@ -1445,15 +1425,22 @@ fn check_rules_accepts_the_shipped_default_rules() {
         env!("CARGO_MANIFEST_DIR"),
         "/alerting/rules/golden-signals.yml"
     );
+    let stdout = check_rules_succeeds(&[shipped]);
+    assert!(stdout.contains("SUCCESS: 8 rules found"), "{stdout}");
+}
+
+/// Runs `vigil check-rules files...`, asserts that it succeeds and returns its stdout.
+fn check_rules_succeeds(files: &[&str]) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["check-rules", shipped])
+        .arg("check-rules")
+        .args(files)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("SUCCESS: 8 rules found"), "{stdout}");
+    stdout
 }

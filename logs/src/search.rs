@@ -432,16 +432,7 @@ impl LogSearcher {
                 only_counted.push(*block);
                 continue;
             }
-            let segment_search = &segments[block.segment];
-            let partition = &partitions[segment_search.partition_index];
-            let segment = partition
-                .searcher
-                .segment_reader(segment_search.segment_ord);
-            let range = block_docs(block.block, segment.max_doc());
-            let scorer = scorer_for(&mut scorers, block.segment, &range, || {
-                partition.weight.scorer(segment, 1.0)
-            })?;
-            run.read(scorer, segment, segment_search, block.segment, range, true);
+            read_block(&mut run, &mut scorers, &segments, &partitions, block, true)?;
         }
         // Count the rest up to the threshold, in document order (one scorer per segment).
         let mut exact = true;
@@ -453,16 +444,7 @@ impl LogSearcher {
                     exact = false;
                     break;
                 }
-                let segment_search = &segments[block.segment];
-                let partition = &partitions[segment_search.partition_index];
-                let segment = partition
-                    .searcher
-                    .segment_reader(segment_search.segment_ord);
-                let range = block_docs(block.block, segment.max_doc());
-                let scorer = scorer_for(&mut scorers, block.segment, &range, || {
-                    partition.weight.scorer(segment, 1.0)
-                })?;
-                run.read(scorer, segment, segment_search, block.segment, range, false);
+                read_block(&mut run, &mut scorers, &segments, &partitions, block, false)?;
             }
         }
         let (total, total_relation) = if exact {
@@ -668,6 +650,36 @@ fn order_key(order: SortOrder, timestamp_ns: i64, seq: u64) -> i128 {
 }
 
 /// Returns the documents of block `block` of a segment of `max_doc` documents.
+/// Reads the matches of one block into `run`: collected for the page when `collect`, else
+/// only counted.
+fn read_block(
+    run: &mut SearchRun,
+    scorers: &mut OpenScorers,
+    segments: &[SegmentSearch],
+    partitions: &[PartitionSearch],
+    block: &BlockRef,
+    collect: bool,
+) -> tantivy::Result<()> {
+    let segment_search = &segments[block.segment];
+    let partition = &partitions[segment_search.partition_index];
+    let segment = partition
+        .searcher
+        .segment_reader(segment_search.segment_ord);
+    let range = block_docs(block.block, segment.max_doc());
+    let scorer = scorer_for(scorers, block.segment, &range, || {
+        partition.weight.scorer(segment, 1.0)
+    })?;
+    run.read(
+        scorer,
+        segment,
+        segment_search,
+        block.segment,
+        range,
+        collect,
+    );
+    Ok(())
+}
+
 fn block_docs(block: u32, max_doc: DocId) -> std::ops::Range<DocId> {
     let start = block * BLOCK_DOCS;
     start..(start + BLOCK_DOCS).min(max_doc)

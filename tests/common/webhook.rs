@@ -65,20 +65,7 @@ impl Receiver {
 
     /// Polls until at least `count` messages arrived, for at most `patience`.
     pub async fn wait_for(&self, count: usize, patience: Duration) -> anyhow::Result<Vec<Value>> {
-        let deadline = Instant::now() + patience;
-        loop {
-            let messages = self.messages();
-            if messages.len() >= count {
-                return Ok(messages);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} webhook messages after {patience:?}, wanted {count}: {messages:#?}",
-                    messages.len()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_count("webhook messages", count, patience, || self.messages()).await
     }
 
     /// Polls until a message satisfies `wanted`, for at most `patience`.
@@ -101,6 +88,30 @@ impl Receiver {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Polls `fetch` every 50 ms until it returns at least `count` items, for at most `patience`;
+/// the error names `what` and shows what arrived.
+pub async fn wait_for_count<T: std::fmt::Debug>(
+    what: &str,
+    count: usize,
+    patience: Duration,
+    fetch: impl Fn() -> Vec<T>,
+) -> anyhow::Result<Vec<T>> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let items = fetch();
+        if items.len() >= count {
+            return Ok(items);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} {what} after {patience:?}, wanted {count}: {items:#?}",
+                items.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
