@@ -9,7 +9,7 @@ use serde_json::Value;
 use vigil_model::{parse_hex_id, Span, StatusCode};
 
 use crate::codec::{decode_span_index, IndexedSpan};
-use crate::store::{read_chunk, read_trace, Partition, SpanStore, StoreError, GROUP_SPREAD_NS};
+use crate::store::{read_chunk, read_trace, service_blocks, Partition, SpanStore, StoreError};
 
 /// Spans the dependency graph reads at most per request; past it the graph covers the newest
 /// part of the window and says so.
@@ -435,8 +435,9 @@ impl SpanStore {
                 {
                     let mut statement =
                         connection.prepare_cached("SELECT id, name FROM services")?;
-                    let rows = statement
-                        .query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?;
+                    let rows = statement.query_map([], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                    })?;
                     for row in rows {
                         services.push(row?);
                     }
@@ -449,33 +450,38 @@ impl SpanStore {
                     }
                     let mut statement = connection.prepare_cached(
                         "SELECT start_ns, trace_id, spans FROM span_groups \
-                         WHERE service_id = ?1 AND start_ns BETWEEN ?2 AND ?3 ORDER BY start_ns DESC",
+                         WHERE service_id = ?1 AND chunk_id BETWEEN ?2 AND ?3",
                     )?;
-                    let mut rows = statement.query(params![
-                        service_id,
-                        start_ns,
-                        end_ns.saturating_add(GROUP_SPREAD_NS)
-                    ])?;
-                    'rows: while let Some(row) = rows.next()? {
-                        let key_start: i64 = row.get(0)?;
-                        let trace: Vec<u8> = row.get(1)?;
-                        let Ok(trace) = <[u8; 16]>::try_from(trace.as_slice()) else {
-                            continue;
-                        };
-                        let entries: Vec<u8> = row.get(2)?;
-                        for entry in decode_span_index(&entries)? {
-                            let start = entry_start(key_start, &entry);
-                            if start < start_ns || start > end_ns {
+                    for block in service_blocks(connection, service_id, start_ns, end_ns)? {
+                        let mut rows = statement.query(params![
+                            service_id,
+                            block.first_chunk_id,
+                            block.last_chunk_id
+                        ])?;
+                        while let Some(row) = rows.next()? {
+                            let key_start: i64 = row.get(0)?;
+                            if key_start < start_ns {
                                 continue;
                             }
-                            read += 1;
-                            if read > MAX_DEPENDENCY_SPANS {
-                                truncated = true;
-                                break 'rows;
-                            }
-                            owner.insert((trace, entry.span_id), index);
-                            if let Some(parent) = entry.parent_span_id {
-                                children.push((trace, parent, index, entry.error));
+                            let trace: Vec<u8> = row.get(1)?;
+                            let Ok(trace) = <[u8; 16]>::try_from(trace.as_slice()) else {
+                                continue;
+                            };
+                            let entries: Vec<u8> = row.get(2)?;
+                            for entry in decode_span_index(&entries)? {
+                                let start = entry_start(key_start, &entry);
+                                if start < start_ns || start > end_ns {
+                                    continue;
+                                }
+                                read += 1;
+                                if read > MAX_DEPENDENCY_SPANS {
+                                    truncated = true;
+                                    return Ok(());
+                                }
+                                owner.insert((trace, entry.span_id), index);
+                                if let Some(parent) = entry.parent_span_id {
+                                    children.push((trace, parent, index, entry.error));
+                                }
                             }
                         }
                     }
@@ -562,8 +568,8 @@ impl SearchHits {
 }
 
 /// Finds the traces with a matching span in one partition: (start of the latest matching
-/// span, trace), at least the `limit` newest per index range. Rows are read newest first; a
-/// row keyed `start_ns` holds spans that started up to [`GROUP_SPREAD_NS`] before it.
+/// span, trace), at least the `limit` newest per index range. Rows are read a block at a time,
+/// the blocks holding the latest starts first; a row's `start_ns` is its latest span start.
 fn search_partition(
     partition: &Partition,
     connection: &rusqlite::Connection,
@@ -626,70 +632,82 @@ fn search_partition(
     let mut hits = Vec::new();
     let mut examined = 0usize;
     let mut chunk_cache: HashMap<i64, Vec<Span>> = HashMap::new();
+    let mut statement = connection.prepare_cached(
+        "SELECT chunk_id, start_ns, trace_id, spans FROM span_groups \
+         WHERE service_id = ?1 AND chunk_id BETWEEN ?2 AND ?3",
+    )?;
     for range in ranges {
-        let mut statement = connection.prepare_cached(
-            "SELECT start_ns, chunk_id, trace_id, spans FROM span_groups \
-             WHERE service_id = ?1 AND start_ns BETWEEN ?2 AND ?3 ORDER BY start_ns DESC",
-        )?;
-        let mut rows = statement.query(params![
-            range.service_id,
-            query.start_ns,
-            query.end_ns.saturating_add(GROUP_SPREAD_NS)
-        ])?;
         let mut found = SearchHits::new(limit);
-        'rows: while let Some(row) = rows.next()? {
-            let key_start: i64 = row.get(0)?;
-            if !found.wants(key_start) {
+        'blocks: for block in
+            service_blocks(connection, range.service_id, query.start_ns, query.end_ns)?
+        {
+            // Blocks come latest first: once the newest `limit` traces all started after
+            // every span of this block, no later block can add one either.
+            if !found.wants(block.max_start_ns) {
                 break;
             }
-            let chunk_id: i64 = row.get(1)?;
-            let trace: Vec<u8> = row.get(2)?;
-            let Ok(trace_id) = <[u8; 16]>::try_from(trace.as_slice()) else {
-                continue;
-            };
-            let entries: Vec<u8> = row.get(3)?;
-            for entry in decode_span_index(&entries)? {
-                examined += 1;
-                if examined > MAX_SEARCH_ROWS {
-                    tracing::debug!("trace search stopped after {MAX_SEARCH_ROWS} index entries");
-                    break 'rows;
-                }
-                let start_ns = entry_start(key_start, &entry);
-                if start_ns < query.start_ns
-                    || start_ns > query.end_ns
-                    || entry.duration_ns < min_duration
-                    || entry.duration_ns > max_duration
-                    || !found.wants(start_ns)
-                    || found
-                        .latest
-                        .get(&trace_id)
-                        .is_some_and(|latest| *latest >= start_ns)
-                {
+            let mut rows = statement.query(params![
+                range.service_id,
+                block.first_chunk_id,
+                block.last_chunk_id
+            ])?;
+            while let Some(row) = rows.next()? {
+                let key_start: i64 = row.get(1)?;
+                if key_start < query.start_ns || !found.wants(key_start) {
                     continue;
                 }
-                if range
-                    .operation_ids
-                    .as_ref()
-                    .is_some_and(|operation_ids| !operation_ids.contains(&entry.operation_id))
-                {
+                let chunk_id: i64 = row.get(0)?;
+                let trace: Vec<u8> = row.get(2)?;
+                let Ok(trace_id) = <[u8; 16]>::try_from(trace.as_slice()) else {
                     continue;
-                }
-                if !query.tags.is_empty() {
-                    if !chunk_cache.contains_key(&chunk_id) {
-                        if chunk_cache.len() > 4_096 {
-                            chunk_cache.clear();
-                        }
-                        chunk_cache.insert(chunk_id, read_chunk(partition, connection, chunk_id)?);
+                };
+                let entries: Vec<u8> = row.get(3)?;
+                for entry in decode_span_index(&entries)? {
+                    examined += 1;
+                    if examined > MAX_SEARCH_ROWS {
+                        tracing::debug!(
+                            "trace search stopped after {MAX_SEARCH_ROWS} index entries"
+                        );
+                        break 'blocks;
                     }
-                    let matched = chunk_cache
-                        .get(&chunk_id)
-                        .and_then(|spans| spans.get(usize::from(entry.position)))
-                        .is_some_and(|span| query.matches(span));
-                    if !matched {
+                    let start_ns = entry_start(key_start, &entry);
+                    if start_ns < query.start_ns
+                        || start_ns > query.end_ns
+                        || entry.duration_ns < min_duration
+                        || entry.duration_ns > max_duration
+                        || !found.wants(start_ns)
+                        || found
+                            .latest
+                            .get(&trace_id)
+                            .is_some_and(|latest| *latest >= start_ns)
+                    {
                         continue;
                     }
+                    if range
+                        .operation_ids
+                        .as_ref()
+                        .is_some_and(|operation_ids| !operation_ids.contains(&entry.operation_id))
+                    {
+                        continue;
+                    }
+                    if !query.tags.is_empty() {
+                        if !chunk_cache.contains_key(&chunk_id) {
+                            if chunk_cache.len() > 4_096 {
+                                chunk_cache.clear();
+                            }
+                            chunk_cache
+                                .insert(chunk_id, read_chunk(partition, connection, chunk_id)?);
+                        }
+                        let matched = chunk_cache
+                            .get(&chunk_id)
+                            .and_then(|spans| spans.get(usize::from(entry.position)))
+                            .is_some_and(|span| query.matches(span));
+                        if !matched {
+                            continue;
+                        }
+                    }
+                    found.add(trace_id, start_ns);
                 }
-                found.add(trace_id, start_ns);
             }
         }
         hits.extend(

@@ -10,12 +10,16 @@
 //! - `chunks(id, trace_id, body)`: the spans of one trace written by one call, postcard
 //!   encoded ([`crate::codec`]), appended in rowid order; indexed by `trace_id` (one index entry
 //!   per trace per call, not per span).
-//! - `span_groups(service_id, start_ns, chunk_id, trace_id, spans)`: clustered (WITHOUT ROWID)
-//!   index rows, one per chunk and service (split so a row's starts are at most a minute
-//!   apart), keyed by the latest start; `spans` packs each span's operation, start, duration,
-//!   error flag, span and parent IDs ([`crate::codec::IndexedSpan`]), so service/operation/time
-//!   searches, duration filters and the dependency graph read the index alone; keys grow with
-//!   time per service, so inserts land at the right edge of the B-tree.
+//! - `span_groups(service_id, chunk_id, start_ns, trace_id, spans)`: clustered (WITHOUT ROWID)
+//!   index rows, one per chunk and service, keyed in write order; `start_ns` is the latest
+//!   start of the row and `spans` packs each span's operation, start, duration, error flag,
+//!   span and parent IDs ([`crate::codec::IndexedSpan`]), so service/operation/time searches,
+//!   duration filters and the dependency graph read the index alone. Keys grow with every
+//!   write per service, so inserts land at the right edge of the B-tree however far apart the
+//!   starts of the spans in one export are.
+//! - `span_blocks(service_id, first_chunk_id, last_chunk_id, min_start_ns, max_start_ns)`: the
+//!   range of span starts in each run of [`BLOCK_ROWS`] consecutive `span_groups` rows of a
+//!   service, so a time window reads only the runs that can hold spans started inside it.
 //! - `correlation(value, trace_id)`: one row per trace and correlation value (request ID…),
 //!   from the configured span attributes.
 //! - `services`, `operations`: name dictionaries; `meta`: first and last span start.
@@ -43,10 +47,8 @@ use crate::codec::{
 
 /// Spans per chunk at most (an index entry names its span by a `u16` position).
 const MAX_SPANS_PER_CHUNK: usize = 4_096;
-/// The spans of one `span_groups` row started at most this long before the row's `start_ns`
-/// (the latest start among them), so the rows holding spans that started in `[start, end]`
-/// are those keyed in `[start, end + GROUP_SPREAD_NS]`.
-pub(crate) const GROUP_SPREAD_NS: i64 = 60_000_000_000;
+/// `span_groups` rows one `span_blocks` row covers at most.
+const BLOCK_ROWS: i64 = 512;
 /// Spans one group commit takes at most (more wait for the next).
 const MAX_GROUP_SPANS: usize = 16_384;
 /// Reader connections kept per partition.
@@ -61,7 +63,7 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 const WAL_RESET_BYTES: u64 = 64 << 20;
 
 /// The layout version of a partition file (`PRAGMA user_version`).
-const PARTITION_FORMAT: i64 = 3;
+const PARTITION_FORMAT: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS chunks (
@@ -89,11 +91,20 @@ CREATE TABLE IF NOT EXISTS operations (
 );
 CREATE TABLE IF NOT EXISTS span_groups (
     service_id INTEGER NOT NULL,
-    start_ns INTEGER NOT NULL,
     chunk_id INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL,
     trace_id BLOB NOT NULL,
     spans BLOB NOT NULL,
-    PRIMARY KEY (service_id, start_ns, chunk_id)
+    PRIMARY KEY (service_id, chunk_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS span_blocks (
+    service_id INTEGER NOT NULL,
+    first_chunk_id INTEGER NOT NULL,
+    last_chunk_id INTEGER NOT NULL,
+    min_start_ns INTEGER NOT NULL,
+    max_start_ns INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    PRIMARY KEY (service_id, first_chunk_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS correlation (
     value TEXT NOT NULL,
@@ -354,6 +365,64 @@ struct Writer {
     services: HashMap<String, i64>,
     /// Operation IDs by service ID and name.
     operations: HashMap<i64, HashMap<String, i64>>,
+    /// The `span_blocks` row each service's next `span_groups` rows extend.
+    blocks: HashMap<i64, SpanBlock>,
+}
+
+/// A run of consecutive `span_groups` rows of one service and the range of span starts in it
+/// (a `span_blocks` row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SpanBlock {
+    pub(crate) first_chunk_id: i64,
+    pub(crate) last_chunk_id: i64,
+    pub(crate) min_start_ns: i64,
+    pub(crate) max_start_ns: i64,
+    rows: i64,
+}
+
+impl SpanBlock {
+    fn new(chunk_id: i64) -> SpanBlock {
+        SpanBlock {
+            first_chunk_id: chunk_id,
+            last_chunk_id: chunk_id,
+            min_start_ns: i64::MAX,
+            max_start_ns: i64::MIN,
+            rows: 0,
+        }
+    }
+
+    fn add(&mut self, chunk_id: i64, min_start_ns: i64, max_start_ns: i64) {
+        self.last_chunk_id = chunk_id;
+        self.min_start_ns = self.min_start_ns.min(min_start_ns);
+        self.max_start_ns = self.max_start_ns.max(max_start_ns);
+        self.rows += 1;
+    }
+}
+
+/// Returns the blocks of `service_id` that may hold spans started in `[start_ns, end_ns]`,
+/// latest `max_start_ns` first.
+pub(crate) fn service_blocks(
+    connection: &Connection,
+    service_id: i64,
+    start_ns: i64,
+    end_ns: i64,
+) -> Result<Vec<SpanBlock>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT first_chunk_id, last_chunk_id, min_start_ns, max_start_ns, rows FROM span_blocks \
+         WHERE service_id = ?1 AND max_start_ns >= ?2 AND min_start_ns <= ?3",
+    )?;
+    let rows = statement.query_map(params![service_id, start_ns, end_ns], |row| {
+        Ok(SpanBlock {
+            first_chunk_id: row.get(0)?,
+            last_chunk_id: row.get(1)?,
+            min_start_ns: row.get(2)?,
+            max_start_ns: row.get(3)?,
+            rows: row.get(4)?,
+        })
+    })?;
+    let mut blocks = rows.collect::<Result<Vec<_>, _>>()?;
+    blocks.sort_unstable_by_key(|block| std::cmp::Reverse(block.max_start_ns));
+    Ok(blocks)
 }
 
 /// The span store. Implements [`SpanSink`]; queries are in [`crate::query`].
@@ -907,6 +976,7 @@ impl Writer {
             bodies_length,
             services: HashMap::new(),
             operations: HashMap::new(),
+            blocks: HashMap::new(),
         };
         writer.load_names()?;
         Ok(writer)
@@ -940,6 +1010,28 @@ impl Writer {
                 .or_default()
                 .insert(name, id);
         }
+        self.blocks.clear();
+        let mut statement = self.connection.prepare(
+            "SELECT service_id, first_chunk_id, last_chunk_id, min_start_ns, max_start_ns, rows \
+             FROM span_blocks WHERE (service_id, first_chunk_id) IN \
+             (SELECT service_id, max(first_chunk_id) FROM span_blocks GROUP BY service_id)",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                SpanBlock {
+                    first_chunk_id: row.get(1)?,
+                    last_chunk_id: row.get(2)?,
+                    min_start_ns: row.get(3)?,
+                    max_start_ns: row.get(4)?,
+                    rows: row.get(5)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (service_id, block) = row?;
+            self.blocks.insert(service_id, block);
+        }
         Ok(())
     }
 
@@ -966,6 +1058,9 @@ impl Writer {
         let mut new_values: Vec<(String, [u8; 16])> = Vec::new();
         // The chunk bodies of this write, appended to the bodies file in one call.
         let mut body_buffer: Vec<u8> = Vec::new();
+        // Blocks this write filled, and the services whose open block it extended.
+        let mut closed_blocks: Vec<(i64, SpanBlock)> = Vec::new();
+        let mut touched_services: Vec<i64> = Vec::new();
         let transaction = self.connection.unchecked_transaction()?;
         {
             let mut insert_chunk = transaction.prepare_cached(
@@ -973,7 +1068,7 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4)",
             )?;
             let mut insert_group = transaction.prepare_cached(
-                "INSERT INTO span_groups (service_id, start_ns, chunk_id, trace_id, spans) \
+                "INSERT INTO span_groups (service_id, chunk_id, start_ns, trace_id, spans) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             // (service, start, entry) of the chunk being written, reused across chunks.
@@ -1037,40 +1132,71 @@ impl Writer {
                         min_start = min_start.min(span.start_unix_nano);
                         max_start = max_start.max(span.start_unix_nano);
                     }
-                    // One row per service and run of starts at most GROUP_SPREAD_NS wide,
-                    // keyed by the run's latest start.
+                    // One row per service, keyed by the chunk; `start_ns` is the row's latest
+                    // start and each entry says how long before it the span started.
                     entries.sort_by_key(|(service_id, start, _)| (*service_id, *start));
                     let mut run_begin = 0;
                     while run_begin < entries.len() {
                         let row_service_id = entries[run_begin].0;
-                        let first_start = entries[run_begin].1;
                         let mut run_end = run_begin + 1;
-                        while run_end < entries.len()
-                            && entries[run_end].0 == row_service_id
-                            && entries[run_end].1.saturating_sub(first_start) <= GROUP_SPREAD_NS
-                        {
+                        while run_end < entries.len() && entries[run_end].0 == row_service_id {
                             run_end += 1;
                         }
                         let run = &mut entries[run_begin..run_end];
-                        let key_start = run[run.len() - 1].1;
+                        let row_min_start = run[0].1;
+                        let row_max_start = run[run.len() - 1].1;
                         let indexed: Vec<IndexedSpan> = run
                             .iter_mut()
                             .map(|(_, start, entry)| {
                                 entry.start_offset_ns =
-                                    u64::try_from(key_start.saturating_sub(*start)).unwrap_or(0);
+                                    u64::try_from(row_max_start.saturating_sub(*start))
+                                        .unwrap_or(0);
                                 entry.clone()
                             })
                             .collect();
                         insert_group.execute(params![
                             row_service_id,
-                            key_start,
                             chunk_id,
+                            row_max_start,
                             &trace_id[..],
                             encode_span_index(&indexed)?,
                         ])?;
+                        let block = self
+                            .blocks
+                            .entry(row_service_id)
+                            .or_insert_with(|| SpanBlock::new(chunk_id));
+                        if block.rows >= BLOCK_ROWS {
+                            closed_blocks.push((row_service_id, *block));
+                            *block = SpanBlock::new(chunk_id);
+                        }
+                        block.add(chunk_id, row_min_start, row_max_start);
+                        if !touched_services.contains(&row_service_id) {
+                            touched_services.push(row_service_id);
+                        }
                         run_begin = run_end;
                     }
                 }
+            }
+            let mut upsert_block = transaction.prepare_cached(
+                "INSERT INTO span_blocks \
+                 (service_id, first_chunk_id, last_chunk_id, min_start_ns, max_start_ns, rows) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (service_id, first_chunk_id) DO UPDATE SET \
+                 last_chunk_id = excluded.last_chunk_id, min_start_ns = excluded.min_start_ns, \
+                 max_start_ns = excluded.max_start_ns, rows = excluded.rows",
+            )?;
+            let open_blocks = touched_services
+                .iter()
+                .filter_map(|service_id| Some((*service_id, *self.blocks.get(service_id)?)));
+            for (block_service_id, block) in closed_blocks.iter().copied().chain(open_blocks) {
+                upsert_block.execute(params![
+                    block_service_id,
+                    block.first_chunk_id,
+                    block.last_chunk_id,
+                    block.min_start_ns,
+                    block.max_start_ns,
+                    block.rows
+                ])?;
             }
         }
         let partition = &self.partition;

@@ -301,6 +301,96 @@ fn search_orders_traces_by_their_latest_matching_span_across_index_rows() {
     assert_eq!(search(41_000, 44_000, 20), Vec::<[u8; 16]>::new());
 }
 
+/// Single-span traces of two services written with starts in random order (as exports of
+/// many SDK instances interleave), over several index blocks per service and across a
+/// reopening of the store: every search returns exactly the newest `limit` traces started in
+/// its window, the ones an exhaustive scan of what was written finds.
+#[test]
+fn search_over_out_of_order_starts_equals_an_exhaustive_scan() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let mut runner = TestRunner::new(Config {
+        cases: 6,
+        ..Config::default()
+    });
+    let case = (
+        Just(()).prop_perturb(|(), mut rng| {
+            // Distinct starts (ms after BASE_NS), written in the order of start plus up to
+            // 10 s of delay each.
+            let mut starts: Vec<(i64, i64)> = (0..1_500)
+                .map(|index| (index * 50 + rng.random_range(0..10_000), index * 50))
+                .collect();
+            starts.sort_unstable();
+            starts
+                .into_iter()
+                .map(|(_, start)| start)
+                .collect::<Vec<i64>>()
+        }),
+        proptest::collection::vec((0i64..75_000, 0i64..75_000, 1usize..40), 12),
+    );
+    runner
+        .run(&case, |(starts, windows)| {
+            let directory = tempfile::tempdir().unwrap();
+            let mut store = open(directory.path());
+            let mut written: Vec<(i64, [u8; 16], &str)> = Vec::new();
+            for (batch_index, batch) in starts.chunks(64).enumerate() {
+                if batch_index == starts.len() / 128 {
+                    drop(store);
+                    store = open(directory.path());
+                }
+                let mut spans = Vec::new();
+                for start_ms in batch {
+                    let service = if start_ms % 3 == 0 {
+                        "orders"
+                    } else {
+                        "gateway"
+                    };
+                    let mut root = span(service, "GET /", 1, None, *start_ms, 5);
+                    root.trace_id[..8].copy_from_slice(&start_ms.to_be_bytes());
+                    written.push((*start_ms, root.trace_id, service));
+                    spans.push(root);
+                }
+                store.write(spans).unwrap();
+            }
+            for (from, to, limit) in windows {
+                let (start_ms, end_ms) = (from.min(to), from.max(to));
+                for service in [None, Some("gateway"), Some("orders")] {
+                    let mut expected: Vec<(i64, [u8; 16])> = written
+                        .iter()
+                        .filter(|(start, _, of)| {
+                            (start_ms..=end_ms).contains(start) && service.is_none_or(|s| s == *of)
+                        })
+                        .map(|(start, trace_id, _)| (*start, *trace_id))
+                        .collect();
+                    expected.sort_by_key(|(start, _)| std::cmp::Reverse(*start));
+                    let expected: Vec<[u8; 16]> =
+                        expected.into_iter().take(limit).map(|(_, id)| id).collect();
+                    let found = store
+                        .find_trace_ids(&TraceQuery {
+                            service: service.map(str::to_string),
+                            start_ns: BASE_NS + start_ms * 1_000_000,
+                            end_ns: BASE_NS + end_ms * 1_000_000,
+                            limit,
+                            ..TraceQuery::default()
+                        })
+                        .unwrap();
+                    prop_assert_eq!(
+                        found,
+                        expected,
+                        "{:?} {}..={} limit {}",
+                        service,
+                        start_ms,
+                        end_ms,
+                        limit
+                    );
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
 #[test]
 fn spans_of_one_trace_hours_apart_are_found_in_either_window() {
     let directory = tempfile::tempdir().unwrap();
