@@ -391,6 +391,17 @@ impl SpanBlock {
         }
     }
 
+    /// Reads the block from the five `span_blocks` columns starting at `first` (in table order).
+    fn from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<SpanBlock> {
+        Ok(SpanBlock {
+            first_chunk_id: row.get(first)?,
+            last_chunk_id: row.get(first + 1)?,
+            min_start_ns: row.get(first + 2)?,
+            max_start_ns: row.get(first + 3)?,
+            rows: row.get(first + 4)?,
+        })
+    }
+
     fn add(&mut self, chunk_id: i64, min_start_ns: i64, max_start_ns: i64) {
         self.last_chunk_id = chunk_id;
         self.min_start_ns = self.min_start_ns.min(min_start_ns);
@@ -412,13 +423,7 @@ pub(crate) fn service_blocks(
          WHERE service_id = ?1 AND max_start_ns >= ?2 AND min_start_ns <= ?3",
     )?;
     let rows = statement.query_map(params![service_id, start_ns, end_ns], |row| {
-        Ok(SpanBlock {
-            first_chunk_id: row.get(0)?,
-            last_chunk_id: row.get(1)?,
-            min_start_ns: row.get(2)?,
-            max_start_ns: row.get(3)?,
-            rows: row.get(4)?,
-        })
+        SpanBlock::from_row(row, 0)
     })?;
     let mut blocks = rows.collect::<Result<Vec<_>, _>>()?;
     blocks.sort_unstable_by_key(|block| std::cmp::Reverse(block.max_start_ns));
@@ -1017,16 +1022,7 @@ impl Writer {
              (SELECT service_id, max(first_chunk_id) FROM span_blocks GROUP BY service_id)",
         )?;
         let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                SpanBlock {
-                    first_chunk_id: row.get(1)?,
-                    last_chunk_id: row.get(2)?,
-                    min_start_ns: row.get(3)?,
-                    max_start_ns: row.get(4)?,
-                    rows: row.get(5)?,
-                },
-            ))
+            Ok((row.get::<_, i64>(0)?, SpanBlock::from_row(row, 1)?))
         })?;
         for row in rows {
             let (service_id, block) = row?;
