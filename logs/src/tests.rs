@@ -802,3 +802,41 @@ fn measure_commit_per_request_against_the_wal() {
         wal.as_secs_f64() * 1e3 / requests as f64,
     );
 }
+
+/// Sizes of the segments each merge candidate would merge, for a set of segment sizes.
+fn merge_candidates(segment_sizes: &[u32]) -> Vec<Vec<u32>> {
+    use tantivy::merge_policy::MergePolicy;
+    let index = tantivy::Index::create_in_ram(crate::schema::LogSchema::new().schema);
+    let metas: Vec<tantivy::index::SegmentMeta> = segment_sizes
+        .iter()
+        .map(|size| index.new_segment_meta(tantivy::index::SegmentId::generate_random(), *size))
+        .collect();
+    crate::store::merge_policy()
+        .compute_merge_candidates(&metas)
+        .into_iter()
+        .map(|candidate| {
+            candidate
+                .0
+                .iter()
+                .filter_map(|id| metas.iter().find(|meta| meta.id() == *id))
+                .map(|meta| meta.max_doc())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn small_commit_segments_wait_for_a_full_merge_of_thirty_two() {
+    // Two segments per 500 ms commit at 50,000 lines/s: about 12,500 lines each.
+    assert!(merge_candidates(&[12_500; 31]).is_empty());
+    let candidates = merge_candidates(&[12_500; 32]);
+    assert_eq!(candidates, vec![vec![12_500; 32]]);
+}
+
+#[test]
+fn segments_past_two_hundred_thousand_lines_are_not_merged_again() {
+    let mut sizes = vec![400_000; 40];
+    sizes.extend([150_000; 32]);
+    let candidates = merge_candidates(&sizes);
+    assert_eq!(candidates, vec![vec![150_000; 32]]);
+}

@@ -333,6 +333,77 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// A line sent alone every second and searched for until found: its lag from the
+/// acknowledgement to the first search that finds it.
+struct Probe {
+    url: String,
+    /// Prefix of the probe lines' request IDs.
+    name: String,
+    sending: Arc<std::sync::atomic::AtomicBool>,
+    lags: Arc<Mutex<Vec<f64>>>,
+}
+
+impl Probe {
+    /// Probes until sending stops; `timestamp` gives each line's `@timestamp` (None: the
+    /// receive time). A line not found within 30 s counts as an infinite lag.
+    fn run(self, timestamp: impl Fn() -> Option<i64>) -> anyhow::Result<()> {
+        let mut connection = HttpConnection::open(&self.url)?;
+        let mut probe = 0u64;
+        while self.sending.load(Ordering::Relaxed) {
+            probe += 1;
+            let probe_id = format!("{}-{probe}", self.name);
+            let timestamp_ns = timestamp();
+            let timestamp_field = timestamp_ns
+                .map(|ns| format!("\"@timestamp\":\"{}\",", chrono_like(ns)))
+                .unwrap_or_default();
+            let body = format!(
+                "{{{timestamp_field}\"level\":\"info\",\"service\":\"probe\",\"message\":\"probe line\",\"request_id\":\"{probe_id}\"}}\n"
+            );
+            let (status, _, _) = connection.request("POST", "/api/v1/logs", body.as_bytes())?;
+            let acknowledged = Instant::now();
+            if status != 200 {
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            let around_ns = timestamp_ns.unwrap_or_else(now_ns);
+            let path = search_path(
+                &probe_id,
+                around_ns - 3_600_000_000_000,
+                around_ns + 60_000_000_000,
+                1,
+            );
+            let lag = loop {
+                let answer = connection.get_json(&path)?;
+                if answer["total"].as_u64().unwrap_or(0) >= 1 {
+                    break acknowledged.elapsed().as_secs_f64();
+                }
+                if acknowledged.elapsed() > Duration::from_secs(30) {
+                    break f64::INFINITY;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            self.lags
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .push(lag);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        Ok(())
+    }
+}
+
+/// Returns the median, the maximum and the number of the lags.
+fn median_and_max(lags: &Mutex<Vec<f64>>) -> anyhow::Result<(f64, f64, usize)> {
+    let mut lags = lags
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    lags.sort_by(f64::total_cmp);
+    let median = lags.get(lags.len() / 2).copied().unwrap_or(f64::NAN);
+    let max = lags.last().copied().unwrap_or(f64::NAN);
+    Ok((median, max, lags.len()))
+}
+
 /// `vigil-load logs`: sends the lines, waits until all are searchable, and reports.
 pub fn run_against_vigil(args: &LogsArgs) -> anyhow::Result<()> {
     let run = (now_ns() as u64 / 1_000_000) % 1_000_000_000;
@@ -356,54 +427,34 @@ pub fn run_against_vigil(args: &LogsArgs) -> anyhow::Result<()> {
             }
         })
     });
-    // A probe every second: one line sent alone, then searched every 20 ms until found.
-    let probe_lags: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
-    let prober = {
-        let url = args.url.clone();
-        let sending = sending.clone();
-        let probe_lags = probe_lags.clone();
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let mut connection = HttpConnection::open(&url)?;
-            let mut probe = 0u64;
-            while sending.load(Ordering::Relaxed) {
-                probe += 1;
-                let probe_id = format!("probe-{run}-{probe}");
-                let body = format!(
-                    "{{\"level\":\"info\",\"service\":\"probe\",\"message\":\"probe line\",\"request_id\":\"{probe_id}\"}}\n"
-                );
-                let (status, _, _) = connection.request("POST", "/api/v1/logs", body.as_bytes())?;
-                let acknowledged = Instant::now();
-                if status != 200 {
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-                let path = search_path(
-                    &probe_id,
-                    now_ns() - 3_600_000_000_000,
-                    now_ns() + 60_000_000_000,
-                    1,
-                );
-                loop {
-                    let answer = connection.get_json(&path)?;
-                    if answer["total"].as_u64().unwrap_or(0) >= 1 {
-                        probe_lags
-                            .lock()
-                            .map_err(|_| anyhow::anyhow!("poisoned"))?
-                            .push(acknowledged.elapsed().as_secs_f64());
-                        break;
-                    }
-                    if acknowledged.elapsed() > Duration::from_secs(30) {
-                        probe_lags
-                            .lock()
-                            .map_err(|_| anyhow::anyhow!("poisoned"))?
-                            .push(f64::INFINITY);
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Ok(())
+    // Two probes, each a line sent alone every second and then searched every 20 ms until
+    // found: one stamped with the receive time (today's partition, as live logs are), one
+    // stamped like the bulk lines being sent at that moment (the partition taking the load).
+    let now_probe_lags: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let bulk_probe_lags: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let now_prober = {
+        let probe = Probe {
+            url: args.url.clone(),
+            name: format!("probe-{run}-now"),
+            sending: sending.clone(),
+            lags: now_probe_lags.clone(),
+        };
+        std::thread::spawn(move || probe.run(|| None))
+    };
+    let bulk_prober = {
+        let probe = Probe {
+            url: args.url.clone(),
+            name: format!("probe-{run}-bulk"),
+            sending: sending.clone(),
+            lags: bulk_probe_lags.clone(),
+        };
+        let generator = generator.clone();
+        let next_batch = next_batch.clone();
+        std::thread::spawn(move || {
+            probe.run(|| {
+                let position = next_batch.load(Ordering::Relaxed).min(generator.lines);
+                Some(generator.start_ns + position as i64 * generator.step_ns)
+            })
         })
     };
     let started = Instant::now();
@@ -468,21 +519,17 @@ pub fn run_against_vigil(args: &LogsArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     };
     sending.store(false, Ordering::Relaxed);
-    let _ = prober.join();
+    let _ = now_prober.join();
+    let _ = bulk_prober.join();
     if let Some(sampler) = sampler {
         let _ = sampler.join();
     }
     let bytes = sent_bytes.load(Ordering::Relaxed);
     let seconds = searchable_after.as_secs_f64();
-    let mut lags = probe_lags
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
-    lags.sort_by(f64::total_cmp);
-    let lag_median = lags.get(lags.len() / 2).copied().unwrap_or(f64::NAN);
-    let lag_max = lags.last().copied().unwrap_or(f64::NAN);
+    let (lag_median, lag_max, probes) = median_and_max(&now_probe_lags)?;
+    let (bulk_lag_median, bulk_lag_max, bulk_probes) = median_and_max(&bulk_probe_lags)?;
     println!(
-        "mode=vigil lines={} bytes={} avg_line_bytes={} connections={} batch={} acknowledged_s={:.2} searchable_s={:.2} lines_per_s={:.0} mb_per_s={:.1} probes={} probe_lag_median_s={:.3} probe_lag_max_s={:.3} retries={} max_rss_mib={}",
+        "mode=vigil lines={} bytes={} avg_line_bytes={} connections={} batch={} acknowledged_s={:.2} searchable_s={:.2} lines_per_s={:.0} mb_per_s={:.1} probes={} probe_lag_median_s={:.3} probe_lag_max_s={:.3} bulk_probes={} bulk_probe_lag_median_s={:.3} bulk_probe_lag_max_s={:.3} retries={} max_rss_mib={}",
         args.lines,
         bytes,
         bytes / args.lines.max(1),
@@ -492,9 +539,12 @@ pub fn run_against_vigil(args: &LogsArgs) -> anyhow::Result<()> {
         seconds,
         args.lines as f64 / seconds,
         bytes as f64 / seconds / 1e6,
-        lags.len(),
+        probes,
         lag_median,
         lag_max,
+        bulk_probes,
+        bulk_lag_median,
+        bulk_lag_max,
         retries.load(Ordering::Relaxed),
         max_rss.load(Ordering::Relaxed) >> 20,
     );
