@@ -257,6 +257,9 @@ fn aggregate_series_major(
     group_count: usize,
     steps: usize,
 ) -> Vec<Vec<Point>> {
+    if op == T_SUM {
+        return sum_series_major(input, membership, group_count, steps);
+    }
     let mut table = vec![Accumulator::default(); group_count * steps];
     for (series, &group) in input.iter().zip(membership) {
         let row = &mut table[group * steps..(group + 1) * steps];
@@ -276,6 +279,47 @@ fn aggregate_series_major(
                 .map(|(step, slot)| Point {
                     step: step as u32,
                     value: slot.result(op),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// [`aggregate_series_major`] for `sum`, the commonest aggregation, with a third of the
+/// memory per slot: the same Kahan–Neumaier sums in the same order, so the same floats.
+fn sum_series_major(
+    input: &[Series],
+    membership: &[usize],
+    group_count: usize,
+    steps: usize,
+) -> Vec<Vec<Point>> {
+    #[derive(Clone, Copy, Default)]
+    struct SumSlot {
+        sum: f64,
+        compensation: f64,
+        present: bool,
+    }
+    let mut table = vec![SumSlot::default(); group_count * steps];
+    for (series, &group) in input.iter().zip(membership) {
+        let row = &mut table[group * steps..(group + 1) * steps];
+        for point in &series.points {
+            if let Some(slot) = row.get_mut(point.step as usize) {
+                (slot.sum, slot.compensation) =
+                    kahan_sum_inc(point.value, slot.sum, slot.compensation);
+                slot.present = true;
+            }
+        }
+    }
+    table
+        .chunks(steps.max(1))
+        .take(group_count)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, slot)| slot.present)
+                .map(|(step, slot)| Point {
+                    step: step as u32,
+                    value: slot.sum + slot.compensation,
                 })
                 .collect()
         })

@@ -150,32 +150,74 @@ pub(crate) fn extrapolate(
     is_counter: bool,
     is_rate: bool,
 ) -> f64 {
-    let range_start = window_end - range_ms;
-    let mut duration_to_start = (first.timestamp_ms - range_start) as f64 / 1000.0;
-    let mut duration_to_end = (window_end - last.timestamp_ms) as f64 / 1000.0;
-    let sampled_interval = (last.timestamp_ms - first.timestamp_ms) as f64 / 1000.0;
-    let average_between_samples = sampled_interval / (count - 1) as f64;
-    let threshold = average_between_samples * 1.1;
-    if duration_to_start >= threshold {
-        duration_to_start = average_between_samples / 2.0;
-    }
+    let spans = Extrapolation::new(
+        first.timestamp_ms,
+        last.timestamp_ms,
+        count,
+        window_end,
+        range_ms,
+    );
+    let mut duration_to_start = spans.duration_to_start;
     if is_counter {
-        let mut duration_to_zero = duration_to_start;
-        if result > 0.0 && first.value >= 0.0 {
-            duration_to_zero = sampled_interval * (first.value / result);
-        }
-        if duration_to_zero < duration_to_start {
-            duration_to_start = duration_to_zero;
+        if let Some(duration_to_zero) = spans.duration_to_zero(first.value, result) {
+            if duration_to_zero < duration_to_start {
+                duration_to_start = duration_to_zero;
+            }
         }
     }
-    if duration_to_end >= threshold {
-        duration_to_end = average_between_samples / 2.0;
+    result * spans.factor(duration_to_start, range_ms, is_rate)
+}
+
+/// The spans [`extrapolate`] weighs, in seconds: from the window's start to the first sample
+/// and from the last sample to the window's end (each cut to half the average interval when
+/// it exceeds 1.1 intervals), and between the first and the last sample. They depend only on
+/// the timestamps, so consecutive windows over regularly spaced samples share them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Extrapolation {
+    pub duration_to_start: f64,
+    pub duration_to_end: f64,
+    pub sampled_interval: f64,
+}
+
+impl Extrapolation {
+    pub fn new(first_ms: i64, last_ms: i64, count: usize, window_end: i64, range_ms: i64) -> Self {
+        let range_start = window_end - range_ms;
+        let mut duration_to_start = (first_ms - range_start) as f64 / 1000.0;
+        let mut duration_to_end = (window_end - last_ms) as f64 / 1000.0;
+        let sampled_interval = (last_ms - first_ms) as f64 / 1000.0;
+        let average_between_samples = sampled_interval / (count - 1) as f64;
+        let threshold = average_between_samples * 1.1;
+        if duration_to_start >= threshold {
+            duration_to_start = average_between_samples / 2.0;
+        }
+        if duration_to_end >= threshold {
+            duration_to_end = average_between_samples / 2.0;
+        }
+        Extrapolation {
+            duration_to_start,
+            duration_to_end,
+            sampled_interval,
+        }
     }
-    let mut factor = (sampled_interval + duration_to_start + duration_to_end) / sampled_interval;
-    if is_rate {
-        factor /= range_ms as f64 / 1000.0;
+
+    /// How far back a counter starting at `first_value` would reach zero at the rate of
+    /// `result` over the sampled interval, when Prometheus considers it.
+    #[inline]
+    pub fn duration_to_zero(&self, first_value: f64, result: f64) -> Option<f64> {
+        (result > 0.0 && first_value >= 0.0).then(|| self.sampled_interval * (first_value / result))
     }
-    result * factor
+
+    /// The factor turning the increase over the sampled interval into the increase (or the
+    /// per-second rate) over the window, extrapolated `duration_to_start` back.
+    #[inline]
+    pub fn factor(&self, duration_to_start: f64, range_ms: i64, is_rate: bool) -> f64 {
+        let mut factor = (self.sampled_interval + duration_to_start + self.duration_to_end)
+            / self.sampled_interval;
+        if is_rate {
+            factor /= range_ms as f64 / 1000.0;
+        }
+        factor
+    }
 }
 
 fn instant_value(samples: &[Sample], is_rate: bool) -> Option<f64> {

@@ -284,6 +284,7 @@ fn hour_aligned_window_reads_one_merged_sketch_per_series_within_one_percent() {
 mod rollup_answers_match_raw {
     use super::*;
     use crate::promql::{Engine, MemoryReader, QueryResult};
+    use crate::store::buckets::encode_interleaved;
 
     const HOUR_MS: i64 = 3_600_000;
 
@@ -338,6 +339,16 @@ mod rollup_answers_match_raw {
     #[track_caller]
     fn assert_same_answer(query: &str, step_ms: i64) {
         let (_directory, store, memory) = both_readers();
+        assert_readers_agree(query, step_ms, store, memory);
+    }
+
+    #[track_caller]
+    fn assert_readers_agree(
+        query: &str,
+        step_ms: i64,
+        store: Arc<MetricStore>,
+        memory: Arc<MemoryReader>,
+    ) {
         let from_store = Engine::new(store)
             .range_query(query, HOUR_MS / 2, 3 * HOUR_MS - 600_000, step_ms)
             .unwrap();
@@ -346,6 +357,90 @@ mod rollup_answers_match_raw {
             .unwrap();
         let (store_series, raw_series) = (matrix(from_store), matrix(from_raw));
         assert_close(query, &store_series, &raw_series);
+    }
+
+    /// The first byte of every rollup chunk: 0 for the columnar layout, the bucket count for
+    /// the interleaved one.
+    fn rollup_chunk_tags(store: &MetricStore) -> Vec<u8> {
+        let writer = store.writer.lock();
+        let mut statement = writer
+            .prepare("SELECT data FROM chunks WHERE level > 0 ORDER BY series_id, level, start_ms")
+            .unwrap();
+        let tags = statement
+            .query_map([], |row| row.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .map(|blob| blob.unwrap()[0])
+            .collect();
+        tags
+    }
+
+    #[test]
+    fn rollup_chunks_of_the_earlier_interleaved_layout_are_read_and_rewritten_columnar() {
+        let (_directory, store, memory) = both_readers();
+        assert!(rollup_chunk_tags(&store).iter().all(|tag| *tag == 0));
+        // Turn every rollup chunk into what a store of an earlier version holds.
+        {
+            let writer = store.writer.lock();
+            let chunks: Vec<(i64, i64, i64, i64, Vec<u8>)> = writer
+                .prepare("SELECT series_id, level, start_ms, seq, data FROM chunks WHERE level > 0")
+                .unwrap()
+                .query_map([], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            for (series_id, level, start_ms, seq, blob) in chunks {
+                let mut buckets = Vec::new();
+                decode_buckets(&blob, &mut buckets).unwrap();
+                writer
+                    .execute(
+                        "UPDATE chunks SET data = ?5 WHERE series_id = ?1 AND level = ?2
+                         AND start_ms = ?3 AND seq = ?4",
+                        params![
+                            series_id,
+                            level,
+                            start_ms,
+                            seq,
+                            encode_interleaved(&buckets)
+                        ],
+                    )
+                    .unwrap();
+            }
+        }
+        assert!(rollup_chunk_tags(&store).iter().all(|tag| *tag != 0));
+        for (query, step_ms) in [
+            ("sum by (service) (rate(requests_total[5m]))", 60_000),
+            ("resets(requests_total[30m])", 60_000),
+            ("max_over_time(requests_total[1h])", HOUR_MS),
+            ("requests_total", 60_000),
+        ] {
+            assert_readers_agree(query, step_ms, store.clone(), memory.clone());
+        }
+        // A flush rewrites the blocks it touches in the columnar layout; the others stay
+        // interleaved, and answers hold across both.
+        let labels = Labels::with_name(
+            "requests_total",
+            [("service", "service-0"), ("instance", "0")],
+        );
+        let late = vec![sample(3 * HOUR_MS + 10_000, 1e6)];
+        memory.add_samples(labels.clone(), late.clone());
+        store.write(batch_of(&labels, late)).unwrap();
+        store.flush_head().unwrap();
+        let tags = rollup_chunk_tags(&store);
+        assert_eq!(tags.iter().filter(|tag| **tag == 0).count(), 2, "{tags:?}");
+        assert_readers_agree(
+            "sum by (service) (rate(requests_total[5m]))",
+            60_000,
+            store,
+            memory,
+        );
     }
 
     fn assert_close(
