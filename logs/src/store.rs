@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use tantivy::directory::MmapDirectory;
 use tantivy::indexer::IndexWriterOptions;
 use tantivy::merge_policy::LogMergePolicy;
@@ -42,6 +42,8 @@ pub const MAX_OPEN_WRITERS: usize = 4;
 /// A partition commit taking this long (in milliseconds) is logged as a warning: lines
 /// acknowledged meanwhile miss the 1 s ack-to-searchable goal.
 const SLOW_COMMIT_MS: u64 = 1_000;
+/// Default of [`LogStoreOptions::max_uncommitted_lines`].
+pub const DEFAULT_MAX_UNCOMMITTED_LINES: usize = 40_000;
 /// Segments of about the same size merged together (tantivy's default is 8).
 pub const MERGE_FACTOR: usize = 32;
 /// Segments holding more documents than this are never merged again.
@@ -80,6 +82,12 @@ pub struct LogStoreOptions {
     pub indexing_threads: usize,
     /// Writers of partitions not written for this long are closed after a commit.
     pub idle_writer_timeout: Duration,
+    /// A write waits (before its acknowledgement) while this many lines are not yet
+    /// searchable, so a store falling behind slows its clients instead of letting the lag of
+    /// acknowledged lines grow.
+    pub max_uncommitted_lines: usize,
+    /// A write that waited this long for commits is refused as overloaded (HTTP 503).
+    pub max_backlog_wait: Duration,
 }
 
 impl Default for LogStoreOptions {
@@ -94,6 +102,8 @@ impl Default for LogStoreOptions {
                 .map_or(2, |cores| cores.get())
                 .clamp(1, 4),
             idle_writer_timeout: Duration::from_secs(300),
+            max_uncommitted_lines: DEFAULT_MAX_UNCOMMITTED_LINES,
+            max_backlog_wait: Duration::from_secs(5),
         }
     }
 }
@@ -120,6 +130,9 @@ pub enum LogStoreError {
     /// The write-ahead log failed.
     #[error(transparent)]
     Wal(#[from] WalError),
+    /// Too many lines wait to become searchable; the write was not acknowledged.
+    #[error("log store is behind: lines wait to become searchable, retry later")]
+    Overloaded,
     /// `partition_ns` is not a positive whole number of hours.
     #[error("partition width of {0} ns is not a positive whole number of hours")]
     PartitionWidth(i64),
@@ -141,7 +154,8 @@ pub struct Partition {
 
 struct OpenWriter {
     writer: IndexWriter,
-    dirty: bool,
+    /// Lines added since its last commit (0: nothing to commit).
+    uncommitted: usize,
     last_write: Instant,
 }
 
@@ -152,6 +166,9 @@ struct WriteState {
     /// Partitions whose writer is out being committed, with the documents of the records
     /// (already in the WAL) that arrived for them meanwhile, by sequence number.
     committing: HashMap<i64, Vec<(u64, TantivyDocument)>>,
+    /// Lines acknowledged (or being acknowledged) that no finished commit covers yet: in
+    /// writers, in writers being committed, and waiting in `committing`.
+    uncommitted_lines: usize,
 }
 
 /// Counts of stored lines per (service, level) since start, for `vigil_log_records_total`.
@@ -167,6 +184,8 @@ pub struct LogStore {
     counts: Mutex<RecordCounts>,
     /// One commit at a time.
     commit_lock: Mutex<()>,
+    /// Signalled after each commit, for writes waiting on the backlog.
+    committed: Condvar,
 }
 
 fn directory_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogStoreError + '_ {
@@ -238,9 +257,11 @@ impl LogStore {
                 writers: HashMap::new(),
                 next_seq: max_seq + 1,
                 committing: HashMap::new(),
+                uncommitted_lines: 0,
             }),
             counts: Mutex::new(BTreeMap::new()),
             commit_lock: Mutex::new(()),
+            committed: Condvar::new(),
         };
         let mut replayed = 0usize;
         for generation in &generations {
@@ -288,6 +309,7 @@ impl LogStore {
             }
             let document = self.schema.document(record, seq);
             self.add_document(&mut state, start_ns, seq, document)?;
+            state.uncommitted_lines += 1;
             replayed.push(record);
         }
         drop(state);
@@ -349,7 +371,7 @@ impl LogStore {
             writer.set_merge_policy(Box::new(merge_policy()));
             vacant.insert(OpenWriter {
                 writer,
-                dirty: false,
+                uncommitted: 0,
                 last_write: Instant::now(),
             });
         }
@@ -362,7 +384,7 @@ impl LogStore {
                 path: self.directory.join(partition_name(start_ns)),
                 source,
             })?;
-        open.dirty = true;
+        open.uncommitted += 1;
         open.last_write = Instant::now();
         Ok(())
     }
@@ -381,9 +403,10 @@ impl LogStore {
         let Some(mut open) = state.writers.remove(&oldest) else {
             return Ok(());
         };
-        if open.dirty {
+        if open.uncommitted > 0 {
             let path = self.directory.join(partition_name(oldest));
             open.writer.commit().map_err(index_error(&path))?;
+            state.uncommitted_lines = state.uncommitted_lines.saturating_sub(open.uncommitted);
             if let Some(partition) = self.partitions.read().get(&oldest) {
                 partition.reader.reload().map_err(index_error(&path))?;
             }
@@ -423,6 +446,7 @@ impl LogStore {
             json.push(serde_json::to_string(record).map_err(WalError::Encode)?);
         }
         let pending = PendingEntry::new(json.iter().map(String::as_str));
+        let record_count = records.len();
         let documents: Vec<(i64, TantivyDocument)> = records
             .iter()
             .zip(json)
@@ -435,6 +459,7 @@ impl LogStore {
             .collect();
         let file = {
             let mut state = self.write_state.lock();
+            self.wait_for_backlog(&mut state, documents.len())?;
             let first_seq = state.next_seq;
             let file = state.wal.append(&pending.frame(first_seq))?;
             state.next_seq += documents.len() as u64;
@@ -442,6 +467,7 @@ impl LogStore {
                 document.add_u64(self.schema.seq, seq);
                 self.add_document(&mut state, start_ns, seq, document)?;
             }
+            state.uncommitted_lines += record_count;
             file
         };
         self.count(&records);
@@ -450,6 +476,26 @@ impl LogStore {
             path: self.directory.clone(),
             source,
         })?;
+        Ok(())
+    }
+
+    /// Waits until the lines not yet searchable leave room for `incoming` more (a batch
+    /// larger than the limit waits for an empty backlog, then goes alone).
+    ///
+    /// # Errors
+    /// [`LogStoreError::Overloaded`] after `max_backlog_wait`.
+    fn wait_for_backlog(
+        &self,
+        state: &mut parking_lot::MutexGuard<'_, WriteState>,
+        incoming: usize,
+    ) -> Result<(), LogStoreError> {
+        let limit = self.options.max_uncommitted_lines;
+        let deadline = Instant::now() + self.options.max_backlog_wait;
+        while state.uncommitted_lines > 0 && state.uncommitted_lines + incoming > limit {
+            if self.committed.wait_until(state, deadline).timed_out() {
+                return Err(LogStoreError::Overloaded);
+            }
+        }
         Ok(())
     }
 
@@ -467,14 +513,14 @@ impl LogStore {
             let dirty: Vec<i64> = state
                 .writers
                 .iter()
-                .filter(|(_, open)| open.dirty)
+                .filter(|(_, open)| open.uncommitted > 0)
                 .map(|(start_ns, _)| *start_ns)
                 .collect();
             if dirty.is_empty() {
                 let idle_timeout = self.options.idle_writer_timeout;
-                state
-                    .writers
-                    .retain(|_, open| open.dirty || open.last_write.elapsed() < idle_timeout);
+                state.writers.retain(|_, open| {
+                    open.uncommitted > 0 || open.last_write.elapsed() < idle_timeout
+                });
                 return Ok(0);
             }
             let previous_generation = state.wal.rotate()?;
@@ -490,7 +536,7 @@ impl LogStore {
         let partitions = self.partitions.read().clone();
         // Partitions commit side by side: a partition with a few lines (today's, while a
         // backfill fills yesterday's) is not kept waiting behind a heavy one.
-        let outcomes: Vec<Result<(), LogStoreError>> = std::thread::scope(|scope| {
+        let outcomes: Vec<Result<usize, LogStoreError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = taken
                 .iter_mut()
                 .map(|(start_ns, open)| {
@@ -513,9 +559,21 @@ impl LogStore {
                 })
                 .collect()
         });
-        let outcome = outcomes.into_iter().collect::<Result<Vec<()>, _>>();
-        let committed_count = taken.iter().filter(|(_, open)| !open.dirty).count();
+        let mut committed_count = 0;
+        let mut committed_lines = 0;
+        let mut outcome = Ok(());
+        for result in outcomes {
+            match result {
+                Ok(lines) => {
+                    committed_count += 1;
+                    committed_lines += lines;
+                }
+                Err(error) => outcome = Err(error),
+            }
+        }
         let mut state = self.write_state.lock();
+        state.uncommitted_lines = state.uncommitted_lines.saturating_sub(committed_lines);
+        self.committed.notify_all();
         let mut waiting = Vec::new();
         for (start_ns, open) in taken {
             state.writers.insert(start_ns, open);
@@ -597,6 +655,8 @@ impl LogStore {
             return Ok(false);
         }
         if let Some(open) = state.writers.remove(&start_ns) {
+            // Its lines go with the partition.
+            state.uncommitted_lines = state.uncommitted_lines.saturating_sub(open.uncommitted);
             drop(open);
         }
         let removed = self.partitions.write().remove(&start_ns);
@@ -644,18 +704,20 @@ impl LogStore {
     }
 }
 
-/// Commits one partition's writer and reloads its reader; marks the writer clean on success.
+/// Commits one partition's writer and reloads its reader; on success marks the writer clean
+/// and returns how many lines the commit made searchable.
 fn commit_writer(
     open: &mut OpenWriter,
     partition: Option<&Partition>,
     path: &Path,
-) -> Result<(), LogStoreError> {
+) -> Result<usize, LogStoreError> {
     let started = Instant::now();
+    let lines = open.uncommitted;
     open.writer.commit().map_err(index_error(path))?;
     if let Some(partition) = partition {
         partition.reader.reload().map_err(index_error(path))?;
     }
-    open.dirty = false;
+    open.uncommitted = 0;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     if elapsed_ms >= SLOW_COMMIT_MS {
         tracing::warn!(
@@ -666,7 +728,7 @@ fn commit_writer(
     } else {
         tracing::debug!(partition = %path.display(), elapsed_ms, "log partition committed");
     }
-    Ok(())
+    Ok(lines)
 }
 
 fn directory_size(path: &Path) -> u64 {
@@ -742,7 +804,9 @@ fn max_seq_of(partition: &Partition) -> Result<u64, LogStoreError> {
 
 impl LogSink for LogStore {
     fn write(&self, records: Vec<LogRecord>) -> Result<(), LogSinkError> {
-        self.write_records(records)
-            .map_err(|error| LogSinkError::Storage(error.to_string()))
+        self.write_records(records).map_err(|error| match error {
+            LogStoreError::Overloaded => LogSinkError::Overloaded,
+            other => LogSinkError::Storage(other.to_string()),
+        })
     }
 }

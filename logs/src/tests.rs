@@ -840,3 +840,58 @@ fn segments_past_two_hundred_thousand_lines_are_not_merged_again() {
     let candidates = merge_candidates(&sizes);
     assert_eq!(candidates, vec![vec![150_000; 32]]);
 }
+
+fn store_with_backlog_limit(
+    directory: &std::path::Path,
+    max_uncommitted_lines: usize,
+    max_backlog_wait: Duration,
+) -> Arc<LogStore> {
+    let options = LogStoreOptions {
+        max_uncommitted_lines,
+        max_backlog_wait,
+        ..LogStoreOptions::default()
+    };
+    Arc::new(LogStore::open(directory, options).unwrap())
+}
+
+fn lines(count: usize) -> Vec<LogRecord> {
+    (0..count)
+        .map(|index| record(index as i64, "info", "gateway", "line"))
+        .collect()
+}
+
+#[test]
+fn a_write_past_the_backlog_limit_waits_for_a_commit() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = store_with_backlog_limit(directory.path(), 10, Duration::from_secs(60));
+    store.write_records(lines(10)).unwrap();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.write_records(lines(1)))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!writer.is_finished(), "the 11th line was not held back");
+    store.commit().unwrap();
+    writer.join().unwrap().unwrap();
+    store.commit().unwrap();
+    let searcher = LogSearcher::new(store.clone());
+    let mut whole_range = request("line");
+    whole_range.limit = 100;
+    assert_eq!(searcher.search(&whole_range).unwrap().total, 11);
+}
+
+#[test]
+fn a_write_kept_waiting_by_the_backlog_is_refused_as_overloaded() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = store_with_backlog_limit(directory.path(), 10, Duration::from_millis(100));
+    store.write_records(lines(10)).unwrap();
+    let refused = store.write_records(lines(1));
+    assert!(matches!(refused, Err(crate::LogStoreError::Overloaded)));
+    assert!(matches!(
+        vigil_model::LogSink::write(&*store, lines(1)),
+        Err(vigil_model::LogSinkError::Overloaded)
+    ));
+    // A batch larger than the limit goes alone once the backlog is empty.
+    store.commit().unwrap();
+    store.write_records(lines(25)).unwrap();
+}
