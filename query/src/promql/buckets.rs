@@ -233,22 +233,22 @@ struct Spans {
 impl<'a> Increase<'a> {
     fn new(function: BucketedFunction, buckets: &'a [Bucket], range_ms: i64) -> Self {
         let is_counter = function != BucketedFunction::Delta;
+        // One pass: the running count, and whether any bucket holds a correction other than
+        // +0.0 (adding +0.0 changes nothing but -0.0, which `over` handles) or starts below
+        // the previous bucket's last value. Either takes the bucket-by-bucket sum.
         let mut counts_before = Vec::with_capacity(buckets.len() + 1);
         let mut total: u64 = 0;
         counts_before.push(total);
+        let mut has_resets = false;
+        let mut previous_last = f64::NEG_INFINITY;
         for bucket in buckets {
             total = total.wrapping_add(bucket.count);
             counts_before.push(total);
+            has_resets |=
+                (bucket.reset_correction.to_bits() != 0) | (bucket.first.value < previous_last);
+            previous_last = bucket.last.value;
         }
-        // Adding a correction of +0.0 changes nothing but -0.0, which `over` handles; any
-        // other correction, or a decrease between buckets, takes the bucket-by-bucket sum.
-        let has_resets = is_counter
-            && (buckets
-                .iter()
-                .any(|bucket| bucket.reset_correction.to_bits() != 0)
-                || buckets
-                    .windows(2)
-                    .any(|pair| pair[1].first.value < pair[0].last.value));
+        let has_resets = is_counter && has_resets;
         Increase {
             buckets,
             range_ms,
