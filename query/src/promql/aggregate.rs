@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use parking_lot::Mutex;
+
 use promql_parser::parser::token::{
     TokenId, T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_GROUP, T_LIMITK, T_LIMIT_RATIO, T_MAX,
     T_MIN, T_QUANTILE, T_STDDEV, T_STDVAR, T_SUM, T_TOPK,
@@ -285,30 +287,86 @@ fn aggregate_series_major(
         .collect()
 }
 
+/// Inputs of at least this many points are summed by several threads, each owning some of
+/// the groups.
+const PARALLEL_SUM_POINTS: usize = 200_000;
+
+#[derive(Clone, Copy, Default)]
+struct SumSlot {
+    sum: f64,
+    compensation: f64,
+    present: bool,
+}
+
 /// [`aggregate_series_major`] for `sum`, the commonest aggregation, with a third of the
-/// memory per slot: the same Kahan–Neumaier sums in the same order, so the same floats.
+/// memory per slot: the same Kahan–Neumaier sums in the same order, so the same floats. A
+/// large input is split by groups among up to one thread per core; each thread reads every
+/// series but adds only those of its groups, so each sum still takes its values in input order.
 fn sum_series_major(
     input: &[Series],
     membership: &[usize],
     group_count: usize,
     steps: usize,
 ) -> Vec<Vec<Point>> {
-    #[derive(Clone, Copy, Default)]
-    struct SumSlot {
-        sum: f64,
-        compensation: f64,
-        present: bool,
-    }
     let mut table = vec![SumSlot::default(); group_count * steps];
-    for (series, &group) in input.iter().zip(membership) {
-        let row = &mut table[group * steps..(group + 1) * steps];
-        for point in &series.points {
-            if let Some(slot) = row.get_mut(point.step as usize) {
-                (slot.sum, slot.compensation) =
-                    kahan_sum_inc(point.value, slot.sum, slot.compensation);
-                slot.present = true;
+    // Adds the series of groups `first_group..` into `part`, their rows of the table.
+    let add_groups = |first_group: usize, part: &mut [SumSlot]| {
+        for (series, &group) in input.iter().zip(membership) {
+            let Some(row) = group
+                .checked_sub(first_group)
+                .and_then(|local| part.get_mut(local * steps..(local + 1) * steps))
+            else {
+                continue;
+            };
+            for point in &series.points {
+                if let Some(slot) = row.get_mut(point.step as usize) {
+                    (slot.sum, slot.compensation) =
+                        kahan_sum_inc(point.value, slot.sum, slot.compensation);
+                    slot.present = true;
+                }
             }
         }
+    };
+    let points: usize = input.iter().map(|series| series.points.len()).sum();
+    let threads = if points >= PARALLEL_SUM_POINTS && steps > 0 {
+        std::thread::available_parallelism()
+            .map_or(1, |cores| cores.get())
+            .min(group_count)
+            .min(4)
+    } else {
+        1
+    };
+    if threads <= 1 {
+        add_groups(0, &mut table);
+    } else {
+        let groups_per_part = group_count.div_ceil(threads);
+        // The parts wait in a queue that every thread, this one included, takes from until
+        // it is empty: a thread that cannot be started leaves its part to the others.
+        let parts: Mutex<Vec<(usize, &mut [SumSlot])>> = Mutex::new(
+            table
+                .chunks_mut(groups_per_part * steps)
+                .enumerate()
+                .map(|(index, part)| (index * groups_per_part, part))
+                .collect(),
+        );
+        let work = || loop {
+            let Some((first_group, part)) = parts.lock().pop() else {
+                return;
+            };
+            add_groups(first_group, part);
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                let started = std::thread::Builder::new()
+                    .name("vigil-sum".to_owned())
+                    .spawn_scoped(scope, work);
+                if let Err(error) = started {
+                    tracing::debug!(%error, "summing on fewer threads");
+                    break;
+                }
+            }
+            work();
+        });
     }
     table
         .chunks(steps.max(1))
@@ -625,6 +683,25 @@ mod layout_tests {
             .collect();
         let membership = (0..series).map(|index| index % 3).collect();
         (input, membership)
+    }
+
+    #[test]
+    fn a_sum_split_among_threads_gives_the_floats_of_one_thread() {
+        // 600 series of 1,000 steps: past PARALLEL_SUM_POINTS, in 3 groups.
+        let (input, membership) = awkward_input(600, 1_000);
+        let points: usize = input.iter().map(|series| series.points.len()).sum();
+        assert!(points >= PARALLEL_SUM_POINTS);
+        let split = sum_series_major(&input, &membership, 3, 1_000);
+        let stepwise = aggregate_step_major(T_SUM, &input, &membership, 3, 1_000);
+        let bits = |outputs: &Vec<Vec<Point>>| -> Vec<Vec<(u32, u64)>> {
+            outputs
+                .iter()
+                .map(|points| points.iter().map(|p| (p.step, p.value.to_bits())).collect())
+                .collect()
+        };
+        assert_eq!(bits(&split), bits(&stepwise));
+        // Each group lacks every third step in every series of it.
+        assert!(split.iter().all(|points| points.len() > 600));
     }
 
     #[test]

@@ -203,9 +203,7 @@ pub(crate) fn evaluate_range(
             let mut builder = SeriesBuilder::default();
             for one in series {
                 let labels = final_labels(one.labels, one.drop_name);
-                for point in one.points {
-                    builder.push(&labels, false, point.step, point.value)?;
-                }
+                builder.push_series(labels, one.points)?;
             }
             builder
                 .finish()
@@ -294,6 +292,29 @@ impl SeriesBuilder {
             }
         }
         series.points.push(Point { step, value });
+        Ok(())
+    }
+
+    /// Adds the points of a series (in step order, at most one per step, as [`Series`]
+    /// holds them): one lookup of its labels rather than one per point, and no copy of the
+    /// points when no earlier series had its labels.
+    pub fn push_series(&mut self, labels: Labels, points: Vec<Point>) -> Result<(), QueryError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let in_order = points.windows(2).all(|pair| pair[0].step < pair[1].step);
+        if in_order && !self.index.contains_key(&labels) {
+            self.index.insert(labels.clone(), self.series.len());
+            self.series.push(Series {
+                labels,
+                drop_name: false,
+                points,
+            });
+            return Ok(());
+        }
+        for point in points {
+            self.push(&labels, false, point.step, point.value)?;
+        }
         Ok(())
     }
 
