@@ -2,14 +2,15 @@
 //! `<data_dir>/logs/`, fed through a write-ahead log.
 //!
 //! Writer → serializer → reader:
-//! - **Writer.** [`LogStore::write`] assigns each record a sequence number, appends the batch
+//! - **Writer.** [`LogStore::write`] waits while `max_uncommitted_lines` lines are not yet
+//!   searchable (the backlog bound), assigns each record a sequence number, appends the batch
 //!   to the WAL, hands the documents to the partition's `IndexWriter` (in memory), releases
 //!   the lock and `fdatasync`s the WAL. Only then is the batch acknowledged.
 //! - **Serializer.** [`LogStore::commit`] (every `commit_interval`, 500 ms by default, and on
 //!   shutdown) starts a new WAL generation, takes the writers of partitions written since the
-//!   last commit out of the lock, commits them (records arriving for them meanwhile wait in
-//!   memory, already in the WAL), puts them back, reloads their readers and deletes the older
-//!   WAL files.
+//!   last commit out of the lock, commits them side by side (records arriving for them
+//!   meanwhile wait in memory, already in the WAL), puts them back, reloads their readers,
+//!   wakes the writes waiting on the backlog and deletes the older WAL files.
 //! - **Reader.** Searches see what the last commit published: a line is searchable within
 //!   `commit_interval` plus the commit's duration.
 //!
