@@ -67,7 +67,7 @@ const CRC_TAG: u64 = 0x5643_5243;
 /// FNV-1a's offset basis: the hash of nothing.
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
-/// Returns the checksum field of a payload: [`CRC_TAG`] above its CRC-32 (IEEE).
+/// Returns the checksum field of a payload: the tag `VCRC` above its CRC-32 (IEEE).
 ///
 /// CRC-32 replaced FNV-1a 64, which hashes a byte at a time: over the ~700 bytes of JSON a
 /// line takes in the WAL it was 3% of Vigil's CPU in the ingest benchmark's profile, against
