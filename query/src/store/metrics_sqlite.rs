@@ -11,9 +11,11 @@
 //! chunks; samples with equal timestamps are de-duplicated, so a flush racing the read can
 //! neither hide nor double a sample.
 //!
-//! Rollup levels hold the first and last sample of every bucket (1m and 1h by default), with
-//! their real timestamps. That keeps selectors, counters (`rate`, `increase`) and gauges right at
-//! the level's resolution when the raw samples have aged out. Sketches are kept per flush and
+//! Rollup levels (1m and 1h by default) hold per bucket its count, min, max, sum, first and
+//! last sample with their real timestamps, and the resets with their correction (see
+//! [`super::buckets`], stored column by column). That keeps selectors, counters (`rate`,
+//! `increase`, `delta`, `resets`), gauges and `count`/`min`/`max_over_time` right at the
+//! level's resolution when the raw samples have aged out. Sketches are kept per flush and
 //! merged per rollup bucket, so quantiles over any window stay within the sketch's error.
 
 use std::collections::{BTreeMap, HashMap};
