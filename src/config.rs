@@ -15,6 +15,10 @@ use vigil_collector::scrape::{GlobalConfig, ScrapeConfig};
 use vigil_collector::sources::statsd::StatsdConfig;
 use vigil_model::units;
 
+/// The environment variable holding Vigil's log filter (`VIGIL_LOG=debug`,
+/// `VIGIL_LOG=vigil_logs=debug,info`): not a config override.
+pub const LOG_FILTER_VARIABLE: &str = "VIGIL_LOG";
+
 /// A config that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -370,7 +374,7 @@ impl Config {
         }
         let overrides: BTreeMap<String, String> = environment
             .into_iter()
-            .filter(|(name, _)| name.starts_with("VIGIL_"))
+            .filter(|(name, _)| name.starts_with("VIGIL_") && name != LOG_FILTER_VARIABLE)
             .collect();
         if overrides.is_empty() {
             // Parse from the text so errors carry line and column.
@@ -615,6 +619,8 @@ mod tests {
                 "false".to_string(),
             ),
             ("PATH".to_string(), "/bin".to_string()),
+            // The log filter, not a config key.
+            ("VIGIL_LOG".to_string(), "debug".to_string()),
         ];
         let config = Config::parse("server:\n  http_listen: 127.0.0.1:1\n", env).unwrap();
         assert_eq!(config.server.http_listen, "127.0.0.1:9999");

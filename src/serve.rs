@@ -268,7 +268,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(crate::config::LOG_FILTER_VARIABLE)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
