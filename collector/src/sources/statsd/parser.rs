@@ -284,7 +284,10 @@ fn parse_sample<'a>(name_section: &'a str, text: &'a str) -> Result<RawSample<'a
 }
 
 fn parse_sample_rate(text: &str) -> Result<f64, ParseError> {
-    let rate: f64 = text.parse().map_err(|_| ParseError::BadSampleRate)?;
+    let rate = match parse_decimal(text.as_bytes()) {
+        Some(rate) => rate,
+        None => text.parse().map_err(|_| ParseError::BadSampleRate)?,
+    };
     if !(0.0..=1.0).contains(&rate) {
         return Err(ParseError::BadSampleRate);
     }
@@ -296,7 +299,7 @@ fn parse_sample_rate(text: &str) -> Result<f64, ParseError> {
 }
 
 fn parse_number(text: &str) -> Result<f64, ParseError> {
-    if let Some(number) = parse_integer(text.as_bytes()) {
+    if let Some(number) = parse_decimal(text.as_bytes()) {
         return Ok(number);
     }
     // Rust's float parser accepts words ("inf", "NaN"); only finite numbers are values.
@@ -307,29 +310,46 @@ fn parse_number(text: &str) -> Result<f64, ParseError> {
     Ok(number)
 }
 
-/// The value of an optionally signed run of at most 15 decimal digits (exact in an `f64`), as
-/// `str::parse::<f64>` reads it; `None` for anything else. Most StatsD values are integers, and
-/// this is a fraction of the general float parser's cost.
+/// The value of an optionally signed decimal of at most 15 digits with an optional fraction
+/// (`12`, `-3`, `+0.25`, `7.`), as `str::parse::<f64>` reads it; `None` for anything else. The
+/// digits are an integer below 2^53 and the divisor a power of ten below 10^16, both exact in an
+/// `f64`, so the one division rounds as the general parser does (Clinger's fast path). Most
+/// StatsD values and rates are such decimals, and this is a fraction of the general parser's
+/// cost.
 #[inline]
-fn parse_integer(text: &[u8]) -> Option<f64> {
-    let (negative, digits) = match text.split_first()? {
+fn parse_decimal(text: &[u8]) -> Option<f64> {
+    const POWERS_OF_TEN: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (negative, number) = match text.split_first()? {
         (b'-', rest) => (true, rest),
         (b'+', rest) => (false, rest),
         _ => (false, text),
     };
-    if digits.is_empty() || digits.len() > 15 {
+    let mut mantissa: u64 = 0;
+    let mut digits = 0usize;
+    let mut fraction_digits = 0usize;
+    let mut seen_point = false;
+    for byte in number {
+        match byte {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(byte - b'0');
+                digits += 1;
+                if digits > 15 {
+                    return None;
+                }
+                if seen_point {
+                    fraction_digits += 1;
+                }
+            }
+            b'.' if !seen_point => seen_point = true,
+            _ => return None,
+        }
+    }
+    if digits == 0 {
         return None;
     }
-    let mut value: u64 = 0;
-    for digit in digits {
-        let digit = digit.wrapping_sub(b'0');
-        if digit > 9 {
-            return None;
-        }
-        value = value * 10 + u64::from(digit);
-    }
-    // Exact: below 10^15 < 2^53.
-    let value = value as f64;
+    let value = mantissa as f64 / POWERS_OF_TEN[fraction_digits];
     Some(if negative { -value } else { value })
 }
 
@@ -354,7 +374,11 @@ fn parse_value(
             })
         }
         MetricKind::Timer | MetricKind::Histogram | MetricKind::Distribution => {
-            let repeat = (1.0 / sample_rate).floor();
+            let repeat = if sample_rate == 1.0 {
+                1.0
+            } else {
+                (1.0 / sample_rate).floor()
+            };
             let count = if repeat >= f64::from(u32::MAX) {
                 u32::MAX
             } else {
@@ -852,8 +876,10 @@ mod tests {
         }
 
         #[test]
-        fn the_integer_path_reads_what_the_float_parser_reads(text in "[+\\-]?[0-9]{0,17}|[+\\-0-9.e]{0,6}") {
-            if let Some(fast) = parse_integer(text.as_bytes()) {
+        fn the_decimal_path_reads_what_the_float_parser_reads(
+            text in "[+\\-]?[0-9]{0,17}|[+\\-]?[0-9]{0,9}\\.[0-9]{0,9}|[+\\-0-9.e]{0,6}"
+        ) {
+            if let Some(fast) = parse_decimal(text.as_bytes()) {
                 let general: f64 = text.parse().unwrap();
                 prop_assert_eq!(fast.to_bits(), general.to_bits(), "{}", text);
             }
