@@ -271,16 +271,30 @@ fn aggregate_series_major(
             }
         }
     }
+    rows_to_points(&table, steps, group_count, |slot| {
+        (slot.count > 0.0).then(|| slot.result(op))
+    })
+}
+
+/// Turns a `groups × steps` table into each group's points, skipping the slots `value` finds
+/// empty.
+fn rows_to_points<Slot>(
+    table: &[Slot],
+    steps: usize,
+    group_count: usize,
+    value: impl Fn(&Slot) -> Option<f64>,
+) -> Vec<Vec<Point>> {
     table
         .chunks(steps.max(1))
         .take(group_count)
         .map(|row| {
             row.iter()
                 .enumerate()
-                .filter(|(_, slot)| slot.count > 0.0)
-                .map(|(step, slot)| Point {
-                    step: step as u32,
-                    value: slot.result(op),
+                .filter_map(|(step, slot)| {
+                    Some(Point {
+                        step: step as u32,
+                        value: value(slot)?,
+                    })
                 })
                 .collect()
         })
@@ -368,20 +382,9 @@ fn sum_series_major(
             work();
         });
     }
-    table
-        .chunks(steps.max(1))
-        .take(group_count)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .filter(|(_, slot)| slot.present)
-                .map(|(step, slot)| Point {
-                    step: step as u32,
-                    value: slot.sum + slot.compensation,
-                })
-                .collect()
-        })
-        .collect()
+    rows_to_points(&table, steps, group_count, |slot| {
+        slot.present.then_some(slot.sum + slot.compensation)
+    })
 }
 
 /// Step by step with one accumulator per group, so memory stays proportional to the number of
