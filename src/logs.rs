@@ -17,6 +17,8 @@ use vigil_model::{
 
 use crate::config::{listen_address, Config};
 
+/// How often the log store's commits are made durable and the WAL they cover deleted.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 /// How often retention runs.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// How often `vigil_log_records_total` is written to the metric store.
@@ -97,6 +99,8 @@ pub async fn run_maintenance(
     telemetry: Telemetry,
     shutdown: CancellationToken,
 ) {
+    // Checkpoints run apart from commits, so a slow disk never holds a commit back.
+    let checkpoints = tokio::spawn(run_checkpoints(store.clone(), shutdown.clone()));
     let mut commits = tokio::time::interval(store.options().commit_interval);
     commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retention = tokio::time::interval(RETENTION_INTERVAL);
@@ -151,6 +155,34 @@ pub async fn run_maintenance(
             tracing::warn!(%error, "final log store commit failed; the WAL keeps the lines")
         }
         Err(error) => tracing::warn!(%error, "final log store commit task failed"),
+    }
+    if checkpoints.await.is_err() {
+        tracing::warn!("log store checkpoint task failed");
+    }
+    checkpoint(&store).await;
+}
+
+/// Runs a checkpoint every [`CHECKPOINT_INTERVAL`] until `shutdown`.
+async fn run_checkpoints(store: Arc<LogStore>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(CHECKPOINT_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticks.tick() => checkpoint(&store).await,
+        }
+    }
+}
+
+/// Makes the log store's finished commits durable and deletes the WAL files they cover.
+async fn checkpoint(store: &Arc<LogStore>) {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "log store checkpoint failed; the WAL keeps the lines")
+        }
+        Err(error) => tracing::warn!(%error, "log store checkpoint task failed"),
     }
 }
 

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod directory;
 pub mod schema;
 pub mod search;
 pub mod store;

@@ -25,12 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use tantivy::directory::MmapDirectory;
 use tantivy::indexer::IndexWriterOptions;
 use tantivy::merge_policy::LogMergePolicy;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument};
 use vigil_model::{LogRecord, LogSink, LogSinkError};
 
+use crate::directory::{restore_synced_meta, DeferredSyncDirectory};
 use crate::schema::LogSchema;
 use crate::wal::{self, PendingEntry, Wal, WalEntry, WalError};
 
@@ -151,6 +151,8 @@ pub struct Partition {
     pub index: Index,
     /// Its reader (reloaded after each commit).
     pub reader: IndexReader,
+    /// Its files, synced at checkpoints rather than at each commit.
+    pub directory: DeferredSyncDirectory,
 }
 
 struct OpenWriter {
@@ -187,6 +189,11 @@ pub struct LogStore {
     commit_lock: Mutex<()>,
     /// Signalled after each commit, for writes waiting on the backlog.
     committed: Condvar,
+    /// The newest WAL generation whose lines a finished commit covers (0: none yet): the
+    /// next checkpoint may delete it and the older ones.
+    committed_generation: Mutex<u64>,
+    /// One checkpoint at a time.
+    checkpoint_lock: Mutex<()>,
 }
 
 fn directory_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogStoreError + '_ {
@@ -263,6 +270,8 @@ impl LogStore {
             counts: Mutex::new(BTreeMap::new()),
             commit_lock: Mutex::new(()),
             committed: Condvar::new(),
+            committed_generation: Mutex::new(0),
+            checkpoint_lock: Mutex::new(()),
         };
         let mut replayed = 0usize;
         for generation in &generations {
@@ -272,8 +281,10 @@ impl LogStore {
         }
         store.commit()?;
         if let Some(last) = generations.last() {
-            store.write_state.lock().wal.delete_up_to(*last)?;
+            let mut committed = store.committed_generation.lock();
+            *committed = (*committed).max(*last);
         }
+        store.checkpoint()?;
         if replayed > 0 {
             tracing::info!(
                 replayed,
@@ -589,10 +600,43 @@ impl LogStore {
         for (seq, start_ns, document) in waiting {
             self.add_document(&mut state, start_ns, seq, document)?;
         }
+        drop(state);
         outcome?;
-        // Every record of the older generations is now committed.
-        state.wal.delete_up_to(previous_generation)?;
+        // Every record of the older generations is now committed; their WAL files go at the
+        // next checkpoint, once the commit's files are synced.
+        let mut committed = self.committed_generation.lock();
+        *committed = (*committed).max(previous_generation);
         Ok(committed_count)
+    }
+
+    /// Makes every finished commit durable (each partition's files synced, its `meta.json`
+    /// recorded as synced) and deletes the WAL files those commits cover. Runs apart from
+    /// commits, so making lines searchable never waits for the disk; until a checkpoint, the
+    /// WAL keeps the lines (docs/LOGS.md).
+    ///
+    /// # Errors
+    /// [`LogStoreError`] when a sync or a WAL deletion fails (the WAL is then kept).
+    pub fn checkpoint(&self) -> Result<(), LogStoreError> {
+        let _one_checkpoint_at_a_time = self.checkpoint_lock.lock();
+        // Read first: every commit it counts finished writing before the syncs below start.
+        let generation = *self.committed_generation.lock();
+        let partitions: Vec<Arc<Partition>> = self.partitions.read().values().cloned().collect();
+        for partition in partitions {
+            if let Err(source) = partition.directory.sync() {
+                // Deleted by retention meanwhile: its lines went with it.
+                if !partition.path.exists() {
+                    continue;
+                }
+                return Err(LogStoreError::Directory {
+                    path: partition.path.clone(),
+                    source,
+                });
+            }
+        }
+        if generation > 0 {
+            self.write_state.lock().wal.delete_up_to(generation)?;
+        }
+        Ok(())
     }
 
     /// Deletes partitions that ended before `now_ns - retention`, then the oldest partitions
@@ -727,7 +771,7 @@ fn commit_writer(
             "slow log partition commit: lines written meanwhile become searchable late"
         );
     } else {
-        tracing::debug!(partition = %path.display(), elapsed_ms, "log partition committed");
+        tracing::debug!(partition = %path.display(), lines, elapsed_ms, "log partition committed");
     }
     Ok(lines)
 }
@@ -752,26 +796,32 @@ fn open_partition(
 ) -> Result<Partition, LogStoreError> {
     let path = directory.join(partition_name(start_ns));
     std::fs::create_dir_all(&path).map_err(directory_error(&path))?;
-    let mmap = MmapDirectory::open(&path).map_err(|error| LogStoreError::Index {
+    restore_synced_meta(&path).map_err(directory_error(&path))?;
+    let directory = DeferredSyncDirectory::open(&path).map_err(|error| LogStoreError::Index {
         path: path.clone(),
         source: error.into(),
     })?;
     // A partition written by an earlier version keeps its schema (the same fields in the same
     // order, perhaps with other index options), so documents of this schema fit it.
-    let exists = Index::exists(&mmap).map_err(|error| LogStoreError::Index {
+    let exists = Index::exists(&directory).map_err(|error| LogStoreError::Index {
         path: path.clone(),
         source: error.into(),
     })?;
     let index = if exists {
-        Index::open(mmap)
+        Index::open(directory.clone())
     } else {
         Index::create(
-            mmap,
+            directory.clone(),
             schema.schema.clone(),
             tantivy::IndexSettings::default(),
         )
     }
     .map_err(index_error(&path))?;
+    if !exists {
+        // A new partition's first `meta.json` is synced at once, so it always has a synced
+        // copy to be restored to.
+        directory.sync().map_err(directory_error(&path))?;
+    }
     LogSchema::register_tokenizers(&index);
     let reader = index
         .reader_builder()
@@ -784,6 +834,7 @@ fn open_partition(
         path,
         index,
         reader,
+        directory,
     })
 }
 
