@@ -9,13 +9,18 @@
 //! - **Serializer.** [`LogStore::commit`] (every `commit_interval`, 500 ms by default, and on
 //!   shutdown) starts a new WAL generation, takes the writers of partitions written since the
 //!   last commit out of the lock, commits them side by side (records arriving for them
-//!   meanwhile wait in memory, already in the WAL), puts them back, reloads their readers,
-//!   wakes the writes waiting on the backlog and deletes the older WAL files.
+//!   meanwhile wait in memory, already in the WAL), puts them back, reloads their readers
+//!   and wakes the writes waiting on the backlog. Commits do not `fsync`
+//!   ([`crate::directory`]).
+//! - **Checkpoint.** [`LogStore::checkpoint`] (every 2 s, apart from commits) syncs the
+//!   files the finished commits wrote, records each partition's synced `meta.json`, and
+//!   deletes the WAL files those commits cover.
 //! - **Reader.** Searches see what the last commit published: a line is searchable within
 //!   `commit_interval` plus the commit's duration.
 //!
-//! On open the WAL is replayed: a record whose sequence number is above the largest one its
-//! partition holds is indexed again, so nothing acknowledged is lost or doubled.
+//! On open each partition goes back to its last checkpoint and the WAL is replayed: a record
+//! whose sequence number is above the largest one its partition holds is indexed again, so
+//! nothing acknowledged is lost or doubled, after a kill -9 or a power loss.
 //! Retention deletes whole partitions whose end is older than `now - retention`, then the
 //! oldest partitions while all of them together use more than `retention_size_bytes`.
 

@@ -4,7 +4,8 @@
 //! Files `wal-<generation>.log` under the store directory hold entries
 //! `[payload length: u32 LE][checksum of the payload: u64 LE][payload]`, the payload
 //! being the JSON of a [`WalEntry`]. A write appends one entry and `fdatasync`s; a commit of
-//! every partition starts a new generation and deletes the older files. On open, entries are
+//! every partition starts a new generation, and the next checkpoint (once that commit's
+//! files are synced) deletes the older files. On open, entries are
 //! read until the first torn or corrupt one (a crash mid-append) and replayed.
 
 use std::fs::{File, OpenOptions};
