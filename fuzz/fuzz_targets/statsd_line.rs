@@ -1,15 +1,36 @@
-//! Fuzzes the StatsD datagram parser and the aggregator behind it: no input may panic.
+//! Fuzzes the StatsD datagram parser and the aggregator behind it: no input may panic, and
+//! every line the fast path reads is read as the same one sample by the general parser.
 //!
 //! Run: `cargo +nightly fuzz run statsd_line` (from `fuzz/`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use vigil_collector::sources::statsd::parser::{fast_sample, for_each_sample, lines, ParseError};
 use vigil_collector::sources::statsd::{
     parse_datagram, Aggregator, AggregatorSettings, Flusher, Mapper,
 };
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_datagram(data);
+    for line in lines(data) {
+        let Some(fast) = fast_sample(line) else {
+            continue;
+        };
+        let mut general = Vec::new();
+        for_each_sample(line, |sample| general.push(sample));
+        match std::str::from_utf8(line) {
+            Ok(_) => {
+                let [Ok(sample)] = general.as_slice() else {
+                    panic!("fast path read {fast:?}, general parser {general:?}");
+                };
+                assert_eq!(sample.name_section.as_bytes(), fast.name_section);
+                assert_eq!(sample.dogstatsd_tags.as_bytes(), fast.dogstatsd_tags);
+                assert_eq!(sample.kind, fast.kind);
+                assert_eq!(sample.value, fast.value);
+            }
+            Err(_) => assert_eq!(general, [Err(ParseError::InvalidUtf8)]),
+        }
+    }
     let mut aggregator = Aggregator::new(AggregatorSettings::new(Mapper::default(), &[0.5, 0.99]));
     aggregator.ingest_datagram(data, 1);
     let _ = Flusher::new().flush(vec![aggregator.take_interval()], 0);

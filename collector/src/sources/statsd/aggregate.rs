@@ -24,70 +24,17 @@ use vigil_model::{
 };
 
 use super::mapping::{MappedMetric, Mapper, MappingOutcome};
-use super::parser::{self, MetricKind, ParseError, RawSample, SampleValue};
+use super::parser::{self, FastSample, MetricKind, ParseError, SampleValue};
+use super::raw_keys::{self, KeyParts, RawKeyTable};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
+
+/// Fast-path samples whose lookups are started together (a 1,400-byte datagram holds about 40).
+const LOOKUP_BATCH: usize = 64;
 
 /// A worker forgets its raw-key cache past this many keys (at a flush, after handing over its
 /// interval), so garbage names cannot grow memory without bound.
 const MAX_CACHED_RAW_KEYS: usize = 1 << 18;
-
-/// Raw keys up to this length live inside the hash table's slot, so a lookup of a known series
-/// touches one place in memory instead of two.
-const INLINE_KEY_BYTES: usize = 62;
-
-/// The raw bytes of a sample's name section, DogStatsD tags and type: what a known series is
-/// found by. Hashes and compares as the byte slice.
-#[derive(Clone)]
-enum RawKey {
-    Inline {
-        length: u8,
-        bytes: [u8; INLINE_KEY_BYTES],
-    },
-    Heap(Box<[u8]>),
-}
-
-impl RawKey {
-    fn new(key: &[u8]) -> Self {
-        let mut bytes = [0u8; INLINE_KEY_BYTES];
-        match (bytes.get_mut(..key.len()), u8::try_from(key.len())) {
-            (Some(prefix), Ok(length)) => {
-                prefix.copy_from_slice(key);
-                RawKey::Inline { length, bytes }
-            }
-            _ => RawKey::Heap(key.into()),
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            RawKey::Inline { length, bytes } => {
-                bytes.get(..usize::from(*length)).unwrap_or_default()
-            }
-            RawKey::Heap(bytes) => bytes,
-        }
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for RawKey {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl PartialEq for RawKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for RawKey {}
-
-impl Hash for RawKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
 
 /// What a series is exported as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -164,7 +111,7 @@ pub enum IntervalValue {
         last_set: Option<(u64, f64)>,
         /// `(batch sequence, summed delta)` received after that set (or during the whole
         /// interval without one), oldest first.
-        deltas: Vec<(u64, f64)>,
+        deltas: GaugeDeltas,
     },
     /// Observations.
     Summary {
@@ -185,7 +132,7 @@ impl IntervalValue {
             SeriesKind::Counter => IntervalValue::Counter(0.0),
             SeriesKind::Gauge => IntervalValue::Gauge {
                 last_set: None,
-                deltas: Vec::new(),
+                deltas: GaugeDeltas::default(),
             },
             SeriesKind::Summary => IntervalValue::Summary {
                 sketch: BufferedSketch::new(),
@@ -354,12 +301,11 @@ impl AggregatorSettings {
 /// One worker's accumulator for the current flush interval.
 pub struct Aggregator {
     settings: AggregatorSettings,
-    raw_index: FastMap<RawKey, RawEntry>,
+    raw_keys: RawKeyTable<RawEntry>,
     mapping_cache: FastMap<(String, MetricKind), MappingOutcome>,
     series_index: FastMap<Arc<SeriesIdentity>, u32>,
     series: Vec<SeriesSlot>,
     touched: Vec<u32>,
-    scratch_key: Vec<u8>,
     member_hasher: foldhash::fast::FixedState,
     stats: LineStats,
 }
@@ -369,12 +315,11 @@ impl Aggregator {
     pub fn new(settings: AggregatorSettings) -> Self {
         Aggregator {
             settings,
-            raw_index: FastMap::default(),
+            raw_keys: RawKeyTable::new(),
             mapping_cache: FastMap::default(),
             series_index: FastMap::default(),
             series: Vec::new(),
             touched: Vec::new(),
-            scratch_key: Vec::with_capacity(256),
             member_hasher: foldhash::fast::FixedState::with_seed(0x5eed),
             stats: LineStats::default(),
         }
@@ -382,13 +327,88 @@ impl Aggregator {
 
     /// Adds every line of a datagram (or of a chunk of complete TCP lines). `sequence` orders
     /// gauge sets across workers: a later batch has a larger sequence.
+    ///
+    /// Lines of the common shape ([`parser::fast_sample`]) are gathered and their series
+    /// looked up together, so the cache misses of the lookups overlap; any other line is read
+    /// by the general parser, after the lines before it, so samples apply in line order.
     pub fn ingest_datagram(&mut self, datagram: &[u8], sequence: u64) {
+        let mut pending: Vec<PendingSample<'_>> = Vec::with_capacity(LOOKUP_BATCH);
+        for line in parser::lines(datagram) {
+            self.stats.received += 1;
+            match parser::fast_sample(line) {
+                Some(sample) => {
+                    let hash = self.raw_keys.hash(&key_parts(&sample));
+                    self.raw_keys.prefetch_slot(hash);
+                    pending.push(PendingSample { sample, hash });
+                    if pending.len() == LOOKUP_BATCH {
+                        self.apply_pending(&mut pending, sequence);
+                    }
+                }
+                None => {
+                    self.apply_pending(&mut pending, sequence);
+                    parser::for_each_sample(line, |sample| match sample {
+                        Ok(sample) => {
+                            let parts = KeyParts {
+                                name: sample.name_section.as_bytes(),
+                                tags: sample.dogstatsd_tags.as_bytes(),
+                                kind: sample.kind as u8,
+                            };
+                            let hash = self.raw_keys.hash(&parts);
+                            let entry = self.entry(hash, &parts, sample.kind);
+                            self.apply_entry(entry, sample.kind, sample.value, sequence);
+                        }
+                        Err(error) => self.stats.reject(error.reason()),
+                    });
+                }
+            }
+        }
+        self.apply_pending(&mut pending, sequence);
+    }
+
+    /// Reads every line with the general parser only: the reference the fast path is tested
+    /// against.
+    #[cfg(test)]
+    fn ingest_datagram_general(&mut self, datagram: &[u8], sequence: u64) {
         for line in parser::lines(datagram) {
             self.stats.received += 1;
             parser::for_each_sample(line, |sample| match sample {
-                Ok(sample) => self.ingest_sample(&sample, sequence),
+                Ok(sample) => {
+                    let parts = KeyParts {
+                        name: sample.name_section.as_bytes(),
+                        tags: sample.dogstatsd_tags.as_bytes(),
+                        kind: sample.kind as u8,
+                    };
+                    let hash = self.raw_keys.hash(&parts);
+                    let entry = self.entry(hash, &parts, sample.kind);
+                    self.apply_entry(entry, sample.kind, sample.value, sequence);
+                }
                 Err(error) => self.stats.reject(error.reason()),
             });
+        }
+    }
+
+    /// Looks up the series of every pending sample in three passes (slots, entries, series),
+    /// each starting the next one's loads, then applies the samples in order.
+    fn apply_pending(&mut self, pending: &mut Vec<PendingSample<'_>>, sequence: u64) {
+        for sample in pending.iter() {
+            self.raw_keys.prefetch_entry(sample.hash);
+        }
+        let mut entries = [None; LOOKUP_BATCH];
+        for (sample, entry) in pending.iter().zip(entries.iter_mut()) {
+            *entry = self.raw_keys.get(sample.hash, &key_parts(&sample.sample));
+            if let Some(RawEntry::Series(index)) = entry {
+                if let Some(slot) = self.series.get(*index as usize) {
+                    raw_keys::prefetch_bytes(slot);
+                }
+            }
+        }
+        for (sample, entry) in pending.drain(..).zip(entries) {
+            let entry = match entry {
+                Some(entry) => entry,
+                // New this batch (an earlier sample of the batch may have added it since).
+                None => self.entry(sample.hash, &key_parts(&sample.sample), sample.sample.kind),
+            };
+            self.apply_entry(entry, sample.sample.kind, sample.sample.value, sequence);
         }
     }
 
@@ -412,8 +432,8 @@ impl Aggregator {
                 }
             }
         }
-        if self.raw_index.len() > MAX_CACHED_RAW_KEYS {
-            self.raw_index.clear();
+        if self.raw_keys.len() > MAX_CACHED_RAW_KEYS {
+            self.raw_keys.clear();
             self.mapping_cache.clear();
             self.series_index.clear();
             self.series.clear();
@@ -421,46 +441,51 @@ impl Aggregator {
         taken
     }
 
-    fn ingest_sample(&mut self, sample: &RawSample<'_>, sequence: u64) {
-        self.scratch_key.clear();
-        self.scratch_key
-            .extend_from_slice(sample.name_section.as_bytes());
-        self.scratch_key.push(0xff);
-        self.scratch_key
-            .extend_from_slice(sample.dogstatsd_tags.as_bytes());
-        self.scratch_key.push(0xff);
-        self.scratch_key
-            .extend_from_slice(sample.kind.as_wire().as_bytes());
-        let entry = match self.raw_index.get(self.scratch_key.as_slice()) {
-            Some(entry) => *entry,
-            None => {
-                let entry = self.resolve(sample);
-                self.raw_index
-                    .insert(RawKey::new(self.scratch_key.as_slice()), entry);
-                entry
+    /// Returns what a raw key resolved to, resolving and caching it when new.
+    fn entry(&mut self, hash: u64, parts: &KeyParts<'_>, kind: MetricKind) -> RawEntry {
+        if let Some(entry) = self.raw_keys.get(hash, parts) {
+            return entry;
+        }
+        let entry = match (
+            std::str::from_utf8(parts.name),
+            std::str::from_utf8(parts.tags),
+        ) {
+            (Ok(name_section), Ok(dogstatsd_tags)) => {
+                self.resolve(name_section, dogstatsd_tags, kind)
             }
+            _ => RawEntry::Rejected(ParseError::InvalidUtf8.reason()),
         };
+        self.raw_keys.insert(hash, parts, entry);
+        entry
+    }
+
+    fn apply_entry(
+        &mut self,
+        entry: RawEntry,
+        kind: MetricKind,
+        value: SampleValue<'_>,
+        sequence: u64,
+    ) {
         match entry {
-            RawEntry::Series(index) => self.apply(index, sample, sequence),
+            RawEntry::Series(index) => self.apply(index, kind, value, sequence),
             RawEntry::Dropped => self.stats.dropped_by_mapping += 1,
             RawEntry::Rejected(reason) => self.stats.reject(reason),
         }
     }
 
     /// Decodes tags, maps the name and finds or creates the series: once per raw key.
-    fn resolve(&mut self, sample: &RawSample<'_>) -> RawEntry {
-        let decoded = match parser::parse_name_and_tags(sample.name_section, sample.dogstatsd_tags)
-        {
+    fn resolve(&mut self, name_section: &str, dogstatsd_tags: &str, kind: MetricKind) -> RawEntry {
+        let decoded = match parser::parse_name_and_tags(name_section, dogstatsd_tags) {
             Ok(decoded) => decoded,
             Err(error) => return RawEntry::Rejected(error.reason()),
         };
         // Counted once per raw key: the same tags on the same key are skipped the same way.
         self.stats.skipped_tags += decoded.skipped_tags as u64;
-        let cache_key = (decoded.name.to_string(), sample.kind);
+        let cache_key = (decoded.name.to_string(), kind);
         let outcome = match self.mapping_cache.get(&cache_key) {
             Some(outcome) => outcome.clone(),
             None => {
-                let outcome = self.settings.mapper.map(&cache_key.0, sample.kind);
+                let outcome = self.settings.mapper.map(&cache_key.0, kind);
                 self.mapping_cache.insert(cache_key, outcome.clone());
                 outcome
             }
@@ -472,7 +497,7 @@ impl Aggregator {
         if mapped.name.is_empty() {
             return RawEntry::Rejected(ParseError::EmptyName.reason());
         }
-        let kind = SeriesKind::of(sample.kind);
+        let kind = SeriesKind::of(kind);
         if !self.settings.families.claim(&mapped.name, kind) {
             return RawEntry::Rejected("type_conflict");
         }
@@ -520,7 +545,7 @@ impl Aggregator {
         })
     }
 
-    fn apply(&mut self, index: u32, sample: &RawSample<'_>, sequence: u64) {
+    fn apply(&mut self, index: u32, kind: MetricKind, value: SampleValue<'_>, sequence: u64) {
         let Some(slot) = self.series.get_mut(index as usize) else {
             return;
         };
@@ -532,11 +557,11 @@ impl Aggregator {
                     .insert(IntervalValue::empty(slot.identity.kind))
             }
         };
-        match (interval, sample.value) {
+        match (interval, value) {
             (IntervalValue::Counter(total), SampleValue::Counter(increment)) => *total += increment,
             (IntervalValue::Gauge { last_set, deltas }, SampleValue::Gauge { value, relative }) => {
                 if relative {
-                    add_gauge_delta(deltas, sequence, value);
+                    deltas.add(sequence, value);
                 } else {
                     *last_set = Some((sequence, value));
                     deltas.clear();
@@ -549,7 +574,7 @@ impl Aggregator {
                     count: repeat,
                 },
             ) => {
-                let value = if sample.kind == MetricKind::Timer {
+                let value = if kind == MetricKind::Timer {
                     value / 1000.0
                 } else {
                     value
@@ -566,6 +591,20 @@ impl Aggregator {
             // Unreachable: the raw key includes the type, and the kind follows from it.
             _ => self.stats.reject(ParseError::BadType.reason()),
         }
+    }
+}
+
+/// A fast-path sample waiting for its lookup, with the hash of its raw key.
+struct PendingSample<'a> {
+    sample: FastSample<'a>,
+    hash: u64,
+}
+
+fn key_parts<'a>(sample: &FastSample<'a>) -> KeyParts<'a> {
+    KeyParts {
+        name: sample.name_section,
+        tags: sample.dogstatsd_tags,
+        kind: sample.kind as u8,
     }
 }
 
@@ -742,14 +781,38 @@ fn kind_word(kind: SeriesKind) -> &'static str {
 /// fold into the newest entry (sums stay exact, only cross-worker ordering coarsens).
 const MAX_GAUGE_DELTA_ENTRIES: usize = 256;
 
-fn add_gauge_delta(deltas: &mut Vec<(u64, f64)>, sequence: u64, delta: f64) {
-    let full = deltas.len() >= MAX_GAUGE_DELTA_ENTRIES;
-    match deltas.last_mut() {
-        Some((last_sequence, sum)) if *last_sequence == sequence || full => {
-            *last_sequence = (*last_sequence).max(sequence);
-            *sum += delta;
+/// A gauge's deltas of one interval, summed per batch, oldest first. The newest entry, the one
+/// a delta line updates, sits inline in the series' interval, so a line never reads the heap.
+#[derive(Clone, Debug, Default)]
+pub struct GaugeDeltas {
+    older: Vec<(u64, f64)>,
+    newest: Option<(u64, f64)>,
+}
+
+impl GaugeDeltas {
+    fn add(&mut self, sequence: u64, delta: f64) {
+        let full = self.older.len() + 1 >= MAX_GAUGE_DELTA_ENTRIES;
+        match &mut self.newest {
+            Some((newest_sequence, sum)) if *newest_sequence == sequence || full => {
+                *newest_sequence = (*newest_sequence).max(sequence);
+                *sum += delta;
+            }
+            Some(newest) => {
+                self.older.push(*newest);
+                *newest = (sequence, delta);
+            }
+            None => self.newest = Some((sequence, delta)),
         }
-        _ => deltas.push((sequence, delta)),
+    }
+
+    fn clear(&mut self) {
+        self.older.clear();
+        self.newest = None;
+    }
+
+    /// Returns `(batch sequence, summed delta)` entries, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &(u64, f64)> {
+        self.older.iter().chain(&self.newest)
     }
 }
 
@@ -782,7 +845,10 @@ fn merge_gauges(intervals: Vec<IntervalValue>) -> IntervalValue {
     }
     IntervalValue::Gauge {
         last_set: latest_set,
-        deltas: vec![(since, delta_sum)],
+        deltas: GaugeDeltas {
+            older: Vec::new(),
+            newest: Some((since, delta_sum)),
+        },
     }
 }
 
@@ -837,6 +903,7 @@ fn merge_intervals(
 mod tests {
     use super::*;
     use crate::sources::statsd::mapping::MappingRule;
+    use proptest::prelude::*;
 
     fn settings(rules_json: &str) -> AggregatorSettings {
         let rules: Vec<MappingRule> = serde_json::from_str(rules_json).unwrap();
@@ -857,23 +924,6 @@ mod tests {
         timestamp_ms: i64,
     ) -> MetricBatch {
         flusher.flush(vec![aggregator.take_interval()], timestamp_ms)
-    }
-
-    #[test]
-    fn raw_keys_compare_as_bytes_inline_or_not() {
-        let short = RawKey::new(b"a.b\xff\xffc");
-        let long_bytes = vec![b'x'; INLINE_KEY_BYTES + 10];
-        let long = RawKey::new(&long_bytes);
-        assert!(matches!(short, RawKey::Inline { .. }));
-        assert!(matches!(long, RawKey::Heap(_)));
-        assert_eq!(short.as_bytes(), b"a.b\xff\xffc");
-        assert_eq!(long.as_bytes(), &long_bytes[..]);
-        let mut index: FastMap<RawKey, u32> = FastMap::default();
-        index.insert(short, 1);
-        index.insert(long, 2);
-        assert_eq!(index.get(&b"a.b\xff\xffc"[..]), Some(&1));
-        assert_eq!(index.get(&long_bytes[..]), Some(&2));
-        assert_eq!(index.get(&b"a.b"[..]), None);
     }
 
     #[test]
@@ -1043,5 +1093,100 @@ mod tests {
         assert_eq!(value_of(&batch, "t_count{}"), Some(2.0));
         assert_eq!(batch.sketches.len(), 1);
         assert_eq!(batch.sketches[0].sketch.count(), 2);
+    }
+
+    /// A flush rendered as sorted text, for comparing two aggregators' output.
+    fn rendered(batch: &MetricBatch) -> Vec<String> {
+        let mut lines: Vec<String> = batch
+            .series
+            .iter()
+            .map(|series| format!("{} {:?}", series.labels, series.samples))
+            .chain(batch.sketches.iter().map(|sketch| {
+                format!(
+                    "{} sketch count={} p50={:?} p99={:?}",
+                    sketch.labels,
+                    sketch.sketch.count(),
+                    sketch.sketch.quantile(0.5),
+                    sketch.sketch.quantile(0.99)
+                )
+            }))
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    fn statsd_line() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            Just("a".to_string()),
+            Just("b.c".to_string()),
+            Just("n,k=v".to_string()),
+            Just("é".to_string()),
+            Just("_e{1,1}".to_string()),
+            Just(String::new()),
+        ];
+        let value = prop_oneof![
+            Just("1"),
+            Just("+2.5"),
+            Just("-3"),
+            Just("0"),
+            Just("1e3"),
+            Just("x"),
+            Just(""),
+            Just("1:2")
+        ];
+        let kind = prop_oneof![
+            Just("c"),
+            Just("g"),
+            Just("ms"),
+            Just("h"),
+            Just("d"),
+            Just("s"),
+            Just("q"),
+            Just("c:4|g")
+        ];
+        let component = prop_oneof![
+            Just("|@0.5"),
+            Just("|@0"),
+            Just("|@2"),
+            Just("|#t:1,u"),
+            Just("|#u,t:1"),
+            Just("|#"),
+            Just("|c:abc"),
+            Just("|T17"),
+            Just("|"),
+            Just("|@0.25|#t:2")
+        ];
+        (
+            name,
+            value,
+            kind,
+            proptest::collection::vec(component, 0..3),
+        )
+            .prop_map(|(name, value, kind, components)| {
+                format!("{name}:{value}|{kind}{}", components.concat())
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_path_aggregates_as_the_general_parser_does(
+            datagrams in proptest::collection::vec(
+                proptest::collection::vec(statsd_line(), 1..12),
+                1..6,
+            ),
+        ) {
+            let mut fast = Aggregator::new(settings("[]"));
+            let mut general = Aggregator::new(settings("[]"));
+            let (mut fast_flusher, mut general_flusher) = (Flusher::new(), Flusher::new());
+            for (sequence, lines) in datagrams.iter().enumerate() {
+                let datagram = lines.join("\n");
+                fast.ingest_datagram(datagram.as_bytes(), sequence as u64);
+                general.ingest_datagram_general(datagram.as_bytes(), sequence as u64);
+            }
+            prop_assert_eq!(fast.take_stats(), general.take_stats());
+            let fast_batch = flush_one(&mut fast, &mut fast_flusher, 10_000);
+            let general_batch = flush_one(&mut general, &mut general_flusher, 10_000);
+            prop_assert_eq!(rendered(&fast_batch), rendered(&general_batch));
+        }
     }
 }

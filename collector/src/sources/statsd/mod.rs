@@ -16,6 +16,7 @@ mod config;
 pub mod listener;
 pub mod mapping;
 pub mod parser;
+mod raw_keys;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;

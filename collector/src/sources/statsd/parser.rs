@@ -157,10 +157,110 @@ pub struct RawSample<'a> {
 /// Splits a datagram into lines: separated by `\n`, a trailing `\r` removed, empty lines
 /// skipped.
 pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
-    datagram
-        .split(|byte| *byte == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .filter(|line| !line.is_empty())
+    let mut rest = Some(datagram);
+    std::iter::from_fn(move || loop {
+        let text = rest?;
+        let line = match memchr::memchr(b'\n', text) {
+            Some(end) => {
+                rest = text.get(end + 1..);
+                text.get(..end)?
+            }
+            None => {
+                rest = None;
+                text
+            }
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !line.is_empty() {
+            return Some(line);
+        }
+    })
+}
+
+/// One sample of a line of the common shape, as [`fast_sample`] reads it: name and tags still
+/// raw bytes, not yet checked for UTF-8.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FastSample<'a> {
+    /// The text before the first `:`.
+    pub name_section: &'a [u8],
+    /// The DogStatsD tags after `|#`, without the `#`; empty when absent.
+    pub dogstatsd_tags: &'a [u8],
+    /// The type (never [`MetricKind::Set`]).
+    pub kind: MetricKind,
+    /// The value (never [`SampleValue::Set`]).
+    pub value: SampleValue<'a>,
+}
+
+/// Reads a line of the shape nearly every client sends, `name:value|type[|@rate][|#tags]` with
+/// a plain decimal value, in one pass and without checking UTF-8: the aggregator checks the
+/// name and tags once per distinct series instead of once per line. Returns `None` for every
+/// other line (several samples, a set, another component, an exponent or a negative counter,
+/// a leading `_`, any error), which [`for_each_sample`] then reads. Where it returns a sample,
+/// [`for_each_sample`] reads the line as exactly that one sample, once the name and tags are
+/// valid UTF-8 (a property test checks it).
+pub fn fast_sample(line: &[u8]) -> Option<FastSample<'_>> {
+    if line.first() == Some(&b'_') {
+        return None;
+    }
+    let colon = memchr::memchr(b':', line)?;
+    let (name_section, rest) = (line.get(..colon)?, line.get(colon + 1..)?);
+    if name_section.is_empty() {
+        return None;
+    }
+    let bar = memchr::memchr(b'|', rest)?;
+    let (value_text, after_value) = (rest.get(..bar)?, rest.get(bar + 1..)?);
+    let (kind_text, mut components) = match memchr::memchr(b'|', after_value) {
+        Some(bar) => (after_value.get(..bar)?, Some(after_value.get(bar + 1..)?)),
+        None => (after_value, None),
+    };
+    let kind = MetricKind::from_wire(kind_text).ok()?;
+    let mut sample_rate = None;
+    let mut dogstatsd_tags = None;
+    while let Some(text) = components {
+        let (component, next) = match memchr::memchr(b'|', text) {
+            Some(bar) => (text.get(..bar)?, Some(text.get(bar + 1..)?)),
+            None => (text, None),
+        };
+        match component.split_first() {
+            Some((b'@', rate_text)) if sample_rate.is_none() => {
+                let rate = parse_decimal(rate_text)?;
+                if !(rate > 0.0 && rate <= 1.0) {
+                    return None;
+                }
+                sample_rate = Some(rate);
+            }
+            Some((b'#', tags)) if dogstatsd_tags.is_none() => dogstatsd_tags = Some(tags),
+            _ => return None,
+        }
+        components = next;
+    }
+    let sample_rate = sample_rate.unwrap_or(1.0);
+    let value = match kind {
+        MetricKind::Set => return None,
+        MetricKind::Counter => {
+            let increment = parse_decimal(value_text)?;
+            if increment < 0.0 {
+                return None;
+            }
+            SampleValue::Counter(increment / sample_rate)
+        }
+        MetricKind::Gauge => SampleValue::Gauge {
+            value: parse_decimal(value_text)?,
+            relative: matches!(value_text.first(), Some(b'+' | b'-')),
+        },
+        MetricKind::Timer | MetricKind::Histogram | MetricKind::Distribution => {
+            SampleValue::Observation {
+                value: parse_decimal(value_text)?,
+                count: observation_count(sample_rate),
+            }
+        }
+    };
+    Some(FastSample {
+        name_section,
+        dogstatsd_tags: dogstatsd_tags.unwrap_or_default(),
+        kind,
+        value,
+    })
 }
 
 /// Parses one line and hands each of its samples (or the error of a bad one) to `visit`.
@@ -374,19 +474,9 @@ fn parse_value(
             })
         }
         MetricKind::Timer | MetricKind::Histogram | MetricKind::Distribution => {
-            let repeat = if sample_rate == 1.0 {
-                1.0
-            } else {
-                (1.0 / sample_rate).floor()
-            };
-            let count = if repeat >= f64::from(u32::MAX) {
-                u32::MAX
-            } else {
-                (repeat as u32).max(1)
-            };
             Ok(SampleValue::Observation {
                 value: parse_number(text)?,
-                count,
+                count: observation_count(sample_rate),
             })
         }
         MetricKind::Set => {
@@ -395,6 +485,21 @@ fn parse_value(
             }
             Ok(SampleValue::Set(text))
         }
+    }
+}
+
+/// How many observations one sampled observation stands for: `1/rate`, truncated as
+/// statsd_exporter does, at least 1.
+fn observation_count(sample_rate: f64) -> u32 {
+    let repeat = if sample_rate == 1.0 {
+        1.0
+    } else {
+        (1.0 / sample_rate).floor()
+    };
+    if repeat >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        (repeat as u32).max(1)
     }
 }
 
@@ -885,6 +990,38 @@ mod tests {
             }
             let general = text.parse::<f64>().ok().filter(|number| number.is_finite());
             prop_assert_eq!(parse_number(&text).ok().map(f64::to_bits), general.map(f64::to_bits));
+        }
+
+        #[test]
+        fn the_fast_path_reads_a_line_as_the_general_parser_does(
+            line in "[a-c.:|#@,=_é0-9+\\-]{0,30}|[a-c]{1,3}:[+\\-]?[0-9.]{0,5}\\|(c|g|ms|h|d|s)(\\|[@#][a-c0-9.:,]{0,6}){0,3}",
+            invalid in proptest::option::of(0usize..40),
+        ) {
+            let mut bytes = line.into_bytes();
+            if let Some(position) = invalid {
+                let position = position.min(bytes.len());
+                bytes.insert(position, 0xff);
+            }
+            let Some(fast) = fast_sample(&bytes) else {
+                return Ok(());
+            };
+            let mut general = Vec::new();
+            for_each_sample(&bytes, |sample| general.push(sample));
+            if std::str::from_utf8(&bytes).is_ok() {
+                prop_assert_eq!(general.len(), 1);
+                let sample = general[0].unwrap();
+                prop_assert_eq!(sample.name_section.as_bytes(), fast.name_section);
+                prop_assert_eq!(sample.dogstatsd_tags.as_bytes(), fast.dogstatsd_tags);
+                prop_assert_eq!(sample.kind, fast.kind);
+                prop_assert_eq!(sample.value, fast.value);
+            } else {
+                // The aggregator refuses the line as invalid UTF-8 when it checks the key.
+                prop_assert_eq!(general, vec![Err(ParseError::InvalidUtf8)]);
+                prop_assert!(
+                    std::str::from_utf8(fast.name_section).is_err()
+                        || std::str::from_utf8(fast.dogstatsd_tags).is_err()
+                );
+            }
         }
 
         #[test]
