@@ -346,23 +346,28 @@ impl Aggregator {
                 }
                 None => {
                     self.apply_pending(&mut pending, sequence);
-                    parser::for_each_sample(line, |sample| match sample {
-                        Ok(sample) => {
-                            let parts = KeyParts {
-                                name: sample.name_section.as_bytes(),
-                                tags: sample.dogstatsd_tags.as_bytes(),
-                                kind: sample.kind as u8,
-                            };
-                            let hash = self.raw_keys.hash(&parts);
-                            let entry = self.entry(hash, &parts, sample.kind);
-                            self.apply_entry(entry, sample.kind, sample.value, sequence);
-                        }
-                        Err(error) => self.stats.reject(error.reason()),
-                    });
+                    self.ingest_line_general(line, sequence);
                 }
             }
         }
         self.apply_pending(&mut pending, sequence);
+    }
+
+    /// Reads one line with the general parser (every sample of it, or its error).
+    fn ingest_line_general(&mut self, line: &[u8], sequence: u64) {
+        parser::for_each_sample(line, |sample| match sample {
+            Ok(sample) => {
+                let parts = KeyParts {
+                    name: sample.name_section.as_bytes(),
+                    tags: sample.dogstatsd_tags.as_bytes(),
+                    kind: sample.kind as u8,
+                };
+                let hash = self.raw_keys.hash(&parts);
+                let entry = self.entry(hash, &parts, sample.kind);
+                self.apply_entry(entry, sample.kind, sample.value, sequence);
+            }
+            Err(error) => self.stats.reject(error.reason()),
+        });
     }
 
     /// Reads every line with the general parser only: the reference the fast path is tested
@@ -371,19 +376,7 @@ impl Aggregator {
     fn ingest_datagram_general(&mut self, datagram: &[u8], sequence: u64) {
         for line in parser::lines(datagram) {
             self.stats.received += 1;
-            parser::for_each_sample(line, |sample| match sample {
-                Ok(sample) => {
-                    let parts = KeyParts {
-                        name: sample.name_section.as_bytes(),
-                        tags: sample.dogstatsd_tags.as_bytes(),
-                        kind: sample.kind as u8,
-                    };
-                    let hash = self.raw_keys.hash(&parts);
-                    let entry = self.entry(hash, &parts, sample.kind);
-                    self.apply_entry(entry, sample.kind, sample.value, sequence);
-                }
-                Err(error) => self.stats.reject(error.reason()),
-            });
+            self.ingest_line_general(line, sequence);
         }
     }
 
