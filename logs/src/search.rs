@@ -19,6 +19,7 @@ use tantivy::query::{
 use tantivy::schema::Value as _;
 use tantivy::{
     DocAddress, DocId, DocSet, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
+    TERMINATED,
 };
 use vigil_model::LogRecord;
 
@@ -382,6 +383,12 @@ impl LogSearcher {
                 if candidates.is_empty() {
                     continue;
                 }
+                let mut scorer = weight.scorer(segment, 1.0)?;
+                // Most segments hold no match of a selective query (a request ID): they cost
+                // only the scorer's term lookups, not the opening of their fast fields.
+                if scorer.doc() == TERMINATED {
+                    continue;
+                }
                 let segment_search = SegmentSearch {
                     partition_index,
                     segment_ord: segment_ord as u32,
@@ -389,7 +396,6 @@ impl LogSearcher {
                     seqs: fast_u64(segment, "seq")?,
                     time_blocks,
                 };
-                let mut scorer = weight.scorer(segment, 1.0)?;
                 // tantivy's cost (documents the scorer steps through) rather than its match
                 // estimate, which assumes terms independent and so shrinks a common phrase.
                 let few_matches =

@@ -42,6 +42,17 @@ pub fn int_kv(key: &str, value: i64) -> KeyValue {
     }
 }
 
+/// Returns the nearest-rank `fraction` percentile of sorted latencies: the smallest value with
+/// at least that fraction of the samples at or below it (the p99 of 100 samples is the 99th,
+/// not the largest).
+pub fn percentile(sorted_millis: &[f64], fraction: f64) -> f64 {
+    if sorted_millis.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted_millis.len() as f64 * fraction).ceil() as usize).saturating_sub(1);
+    sorted_millis[index.min(sorted_millis.len() - 1)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +62,15 @@ mod tests {
         assert!(require_loopback("127.0.0.1:8125".parse().unwrap()).is_ok());
         assert!(require_loopback("[::1]:8125".parse().unwrap()).is_ok());
         assert!(require_loopback("10.0.0.1:8125".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let millis: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&millis, 0.5), 50.0);
+        assert_eq!(percentile(&millis, 0.99), 99.0);
+        assert_eq!(percentile(&millis, 1.0), 100.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert_eq!(percentile(&[], 0.99), 0.0);
     }
 }

@@ -9,7 +9,7 @@
 //! ```
 //! Each prints one `key=value` summary line.
 
-use crate::common::parse_duration;
+use crate::common::{parse_duration, percentile};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -709,14 +709,15 @@ pub fn run_search(args: &SearchArgs) -> anyhow::Result<()> {
             millis.push(started.elapsed().as_secs_f64() * 1e3);
         }
         millis.sort_by(f64::total_cmp);
-        let median = millis[millis.len() / 2];
-        let p99 = millis[(millis.len() * 99 / 100).min(millis.len() - 1)];
+        let median = percentile(&millis, 0.5);
+        let p99 = percentile(&millis, 0.99);
+        let max = millis.last().copied().unwrap_or(0.0);
         let hits = last["total"]
             .as_u64()
             .map_or(String::from("-"), |t| t.to_string());
         let relation = last["total_relation"].as_str().unwrap_or("-").to_string();
         summary.push_str(&format!(
-            " {name}_median_ms={median:.1} {name}_p99_ms={p99:.1} {name}_total={hits}{}",
+            " {name}_median_ms={median:.1} {name}_p99_ms={p99:.1} {name}_max_ms={max:.1} {name}_total={hits}{}",
             if relation == "-" {
                 String::new()
             } else {

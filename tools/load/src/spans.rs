@@ -11,7 +11,7 @@
 //! service of one trace in 1,000, which `trace-queries` picks its lookups from (so the lookups
 //! are not the traces a warm-up query just read).
 
-use crate::common::parse_duration;
+use crate::common::{parse_duration, percentile};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -235,14 +235,6 @@ fn read_samples(data_dir: &Path) -> anyhow::Result<Vec<Sample>> {
         bail!("trace-samples.txt holds no samples");
     }
     Ok(samples)
-}
-
-fn percentile(sorted_millis: &[f64], fraction: f64) -> f64 {
-    if sorted_millis.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted_millis.len() as f64 * fraction).ceil() as usize).saturating_sub(1);
-    sorted_millis[index.min(sorted_millis.len() - 1)]
 }
 
 /// `vigil-load trace-queries`: median and p99 of trace by ID, correlate by request ID and
