@@ -2,7 +2,6 @@
 //! status codes OTLP clients retry on, and the gRPC message limit holds.
 
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -32,10 +31,13 @@ impl SpanSink for Overloaded {
 }
 
 /// Holds each write until the test releases it.
+/// A store that holds each write: it meets the test once on entering and
+/// again before it returns, so the test knows when a write slot is taken.
 struct Held(Arc<Barrier>);
 
 impl SpanSink for Held {
     fn write(&self, _spans: Vec<Span>) -> Result<(), SpanSinkError> {
+        self.0.wait();
         self.0.wait();
         Ok(())
     }
@@ -133,7 +135,10 @@ async fn busy_write_slots_answer_resource_exhausted_and_429() {
         let mut client = TraceServiceClient::connect(grpc).await.unwrap();
         client.export(request(1, 1)).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let entered = barrier.clone();
+    tokio::task::spawn_blocking(move || entered.wait())
+        .await
+        .unwrap();
     let mut client = TraceServiceClient::connect(running.grpc.clone())
         .await
         .unwrap();

@@ -400,15 +400,34 @@ mod tests {
             telemetry.clone(),
             shutdown.clone(),
         ));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The UDP socket is bound before the TCP listener, so once a TCP
+        // connection is accepted both are listening.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut stream = loop {
+            match tokio::net::TcpStream::connect(&address).await {
+                Ok(stream) => break stream,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("the StatsD TCP listener never came up: {error}"),
+            }
+        };
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sender
             .send_to(b"hits:1|c\nhits:2|c\nbroken", &address)
             .unwrap();
-        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
         stream.write_all(b"hits:4|c\nlatency:250|ms").await.unwrap();
         drop(stream);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every line is parsed (5 received) before the shutdown flush.
+        let received = "vigil_ingest_received_total{protocol=\"statsd\"} 5";
+        while !telemetry.render().contains(received) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                telemetry.render()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         shutdown.cancel();
         task.await.unwrap().unwrap();
         let batches = sink.batches.lock();
