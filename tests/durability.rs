@@ -135,7 +135,19 @@ async fn statsd_data_is_durable_after_its_flush_and_sigterm_flushes() -> anyhow:
     std::fs::write(vigil.data_dir.path().join("vigil.yml"), config)?;
     vigil.restart().await?;
     socket.send_to(b"checkout.refunds:3|c", ("127.0.0.1", port))?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM once the line is parsed and waits in the aggregator.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !vigil
+        .metrics_text()
+        .await?
+        .contains("vigil_ingest_received_total{protocol=\"statsd\"} 1")
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the line was not received within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(vigil.terminate()?, "clean exit on SIGTERM");
     vigil.restart().await?;
     assert_eq!(scalar(&vigil, "checkout_refunds").await?, 3.0);
