@@ -5,7 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vigil_collector::sources::statsd::parser::{fast_sample, for_each_sample, lines, ParseError};
+use vigil_collector::sources::statsd::parser::{
+    fast_sample, fast_sample_at, for_each_sample, lines, ParseError,
+};
 use vigil_collector::sources::statsd::{
     parse_datagram, Aggregator, AggregatorSettings, Flusher, Mapper,
 };
@@ -31,7 +33,24 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => assert_eq!(general, [Err(ParseError::InvalidUtf8)]),
         }
     }
+    // Reading a line in place finds the line `lines` splits off, and the same sample.
+    let mut rest = data;
+    while !rest.is_empty() {
+        let next = match fast_sample_at(rest) {
+            Some((sample, length)) => {
+                assert_eq!(lines(rest).next(), rest.get(..length));
+                assert_eq!(fast_sample(&rest[..length]), Some(sample));
+                length + 1
+            }
+            None => memchr_position(rest).map_or(rest.len(), |end| end + 1),
+        };
+        rest = rest.get(next..).unwrap_or_default();
+    }
     let mut aggregator = Aggregator::new(AggregatorSettings::new(Mapper::default(), &[0.5, 0.99]));
     aggregator.ingest_datagram(data, 1);
     let _ = Flusher::new().flush(vec![aggregator.take_interval()], 0);
 });
+
+fn memchr_position(text: &[u8]) -> Option<usize> {
+    text.iter().position(|byte| *byte == b'\n')
+}

@@ -333,22 +333,33 @@ impl Aggregator {
     /// by the general parser, after the lines before it, so samples apply in line order.
     pub fn ingest_datagram(&mut self, datagram: &[u8], sequence: u64) {
         let mut pending: Vec<PendingSample<'_>> = Vec::with_capacity(LOOKUP_BATCH);
-        for line in parser::lines(datagram) {
-            self.stats.received += 1;
-            match parser::fast_sample(line) {
-                Some(sample) => {
-                    let hash = self.raw_keys.hash(&key_parts(&sample));
-                    self.raw_keys.prefetch_slot(hash);
-                    pending.push(PendingSample { sample, hash });
-                    if pending.len() == LOOKUP_BATCH {
-                        self.apply_pending(&mut pending, sequence);
-                    }
-                }
-                None => {
+        let mut rest = datagram;
+        while !rest.is_empty() {
+            // The fast path finds the line's end as it reads it; any other line is split off
+            // as `parser::lines` splits it (empty lines skipped, a trailing `\r` removed).
+            if let Some((sample, length)) = parser::fast_sample_at(rest) {
+                rest = rest.get(length + 1..).unwrap_or_default();
+                self.stats.received += 1;
+                let hash = self.raw_keys.hash(&key_parts(&sample));
+                self.raw_keys.prefetch_slot(hash);
+                pending.push(PendingSample { sample, hash });
+                if pending.len() == LOOKUP_BATCH {
                     self.apply_pending(&mut pending, sequence);
-                    self.ingest_line_general(line, sequence);
                 }
+                continue;
             }
+            let (line, next) = match memchr::memchr(b'\n', rest) {
+                Some(end) => (rest.get(..end).unwrap_or_default(), rest.get(end + 1..)),
+                None => (rest, None),
+            };
+            rest = next.unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            self.stats.received += 1;
+            self.apply_pending(&mut pending, sequence);
+            self.ingest_line_general(line, sequence);
         }
         self.apply_pending(&mut pending, sequence);
     }
@@ -1112,6 +1123,7 @@ mod tests {
         let name = prop_oneof![
             Just("a".to_string()),
             Just("b.c".to_string()),
+            Just("load.svc12.requests.s3456".to_string()),
             Just("n,k=v".to_string()),
             Just("é".to_string()),
             Just("_e{1,1}".to_string()),
@@ -1143,6 +1155,8 @@ mod tests {
             Just("|@2"),
             Just("|#t:1,u"),
             Just("|#u,t:1"),
+            Just("|#env:bench,service:checkout"),
+            Just("|#t:1\r"),
             Just("|#"),
             Just("|c:abc"),
             Just("|T17"),
@@ -1164,7 +1178,10 @@ mod tests {
         #[test]
         fn the_fast_path_aggregates_as_the_general_parser_does(
             datagrams in proptest::collection::vec(
-                proptest::collection::vec(statsd_line(), 1..12),
+                proptest::collection::vec(
+                    (statsd_line(), prop_oneof![Just("\n"), Just("\r\n"), Just("\n\n"), Just("")]),
+                    1..12,
+                ),
                 1..6,
             ),
         ) {
@@ -1172,7 +1189,15 @@ mod tests {
             let mut general = Aggregator::new(settings("[]"));
             let (mut fast_flusher, mut general_flusher) = (Flusher::new(), Flusher::new());
             for (sequence, lines) in datagrams.iter().enumerate() {
-                let datagram = lines.join("\n");
+                // Lines end in `\n`, `\r\n`, an empty line or nothing (the last one).
+                let datagram: String = lines
+                    .iter()
+                    .enumerate()
+                    .map(|(index, (line, end))| {
+                        let end = if end.is_empty() && index + 1 < lines.len() { "\n" } else { end };
+                        format!("{line}{end}")
+                    })
+                    .collect();
                 fast.ingest_datagram(datagram.as_bytes(), sequence as u64);
                 general.ingest_datagram_general(datagram.as_bytes(), sequence as u64);
             }

@@ -199,68 +199,149 @@ pub struct FastSample<'a> {
 /// [`for_each_sample`] reads the line as exactly that one sample, once the name and tags are
 /// valid UTF-8 (a property test checks it).
 pub fn fast_sample(line: &[u8]) -> Option<FastSample<'_>> {
-    if line.first() == Some(&b'_') {
+    match fast_sample_at(line)? {
+        (sample, length) if length == line.len() => Some(sample),
+        _ => None,
+    }
+}
+
+/// Reads the first line of `text` (up to a `\n` or the end) as [`fast_sample`] does, in the
+/// same pass that finds where the line ends, and returns the sample with the line's length.
+/// `None` where [`fast_sample`] returns `None` for that line, and for a line ending in `\r`;
+/// the caller then splits the line off as [`lines`] does.
+pub fn fast_sample_at(text: &[u8]) -> Option<(FastSample<'_>, usize)> {
+    if text.first() == Some(&b'_') {
         return None;
     }
-    let colon = memchr::memchr(b':', line)?;
-    let (name_section, rest) = (line.get(..colon)?, line.get(colon + 1..)?);
-    if name_section.is_empty() {
+    let colon = find_either(text, b':', b'\n')?;
+    let (name_section, rest) = (text.get(..colon)?, text.get(colon + 1..)?);
+    if name_section.is_empty() || text.get(colon) != Some(&b':') {
         return None;
     }
-    let bar = memchr::memchr(b'|', rest)?;
-    let (value_text, after_value) = (rest.get(..bar)?, rest.get(bar + 1..)?);
-    let (kind_text, mut components) = match memchr::memchr(b'|', after_value) {
-        Some(bar) => (after_value.get(..bar)?, Some(after_value.get(bar + 1..)?)),
-        None => (after_value, None),
+    // The value is read while looking for the `|` after it.
+    let (number, value_len) = scan_decimal(rest)?;
+    if rest.get(value_len) != Some(&b'|') {
+        return None;
+    }
+    let value_text = rest.get(..value_len)?;
+    let after_value = rest.get(value_len + 1..)?;
+    let (kind, kind_len) = kind_prefix(after_value)?;
+    // `end` is the line's end within `after_value`, once known.
+    let (mut components, mut end) = match after_value.get(kind_len) {
+        None | Some(b'\n') => (None, kind_len),
+        Some(b'|') => (Some(kind_len + 1), 0),
+        Some(_) => return None,
     };
-    let kind = MetricKind::from_wire(kind_text).ok()?;
     let mut sample_rate = None;
     let mut dogstatsd_tags = None;
-    while let Some(text) = components {
-        let (component, next) = match memchr::memchr(b'|', text) {
-            Some(bar) => (text.get(..bar)?, Some(text.get(bar + 1..)?)),
-            None => (text, None),
-        };
-        match component.split_first() {
+    while let Some(start) = components {
+        let component = after_value.get(start..)?;
+        let component_len = match component.split_first() {
             Some((b'@', rate_text)) if sample_rate.is_none() => {
-                let rate = parse_decimal(rate_text)?;
+                let (rate, rate_len) = scan_decimal(rate_text)?;
                 if !(rate > 0.0 && rate <= 1.0) {
                     return None;
                 }
                 sample_rate = Some(rate);
+                rate_len + 1
             }
-            Some((b'#', tags)) if dogstatsd_tags.is_none() => dogstatsd_tags = Some(tags),
+            Some((b'#', tags_text)) if dogstatsd_tags.is_none() => {
+                let tags_len = find_either(tags_text, b'|', b'\n').unwrap_or(tags_text.len());
+                dogstatsd_tags = Some(tags_text.get(..tags_len)?);
+                tags_len + 1
+            }
             _ => return None,
+        };
+        let terminator = start + component_len;
+        match after_value.get(terminator) {
+            Some(b'|') => components = Some(terminator + 1),
+            None | Some(b'\n') => {
+                components = None;
+                end = terminator;
+            }
+            Some(_) => return None,
         }
-        components = next;
     }
+    if end > 0 && after_value.get(end - 1) == Some(&b'\r') {
+        return None;
+    }
+    let line_len = colon + 1 + value_len + 1 + end;
     let sample_rate = sample_rate.unwrap_or(1.0);
     let value = match kind {
         MetricKind::Set => return None,
         MetricKind::Counter => {
-            let increment = parse_decimal(value_text)?;
-            if increment < 0.0 {
+            if number < 0.0 {
                 return None;
             }
-            SampleValue::Counter(increment / sample_rate)
+            SampleValue::Counter(number / sample_rate)
         }
         MetricKind::Gauge => SampleValue::Gauge {
-            value: parse_decimal(value_text)?,
+            value: number,
             relative: matches!(value_text.first(), Some(b'+' | b'-')),
         },
         MetricKind::Timer | MetricKind::Histogram | MetricKind::Distribution => {
             SampleValue::Observation {
-                value: parse_decimal(value_text)?,
+                value: number,
                 count: observation_count(sample_rate),
             }
         }
     };
-    Some(FastSample {
+    let sample = FastSample {
         name_section,
         dogstatsd_tags: dogstatsd_tags.unwrap_or_default(),
         kind,
         value,
-    })
+    };
+    Some((sample, line_len))
+}
+
+/// Returns the position of the first `first` or `second` byte, eight bytes at a time: names
+/// and tags are a few dozen bytes, too short for a vector search to pay for its set-up.
+#[inline]
+fn find_either(text: &[u8], first: u8, second: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let (firsts, seconds) = (ONES * u64::from(first), ONES * u64::from(second));
+    // Flags the bytes of `word` that are zero; the lowest flagged byte is always a true zero
+    // (a borrow can only flag bytes above it).
+    let zeros = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
+    let mut words = text.chunks_exact(8);
+    let mut offset = 0;
+    for word in words.by_ref() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let word = u64::from_le_bytes(bytes);
+        let found = zeros(word ^ firsts) | zeros(word ^ seconds);
+        if found != 0 {
+            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|byte| *byte == first || *byte == second)
+        .map(|position| offset + position)
+}
+
+/// Reads the type at the start of `text` (`c`, `g`, `ms`, `h`, `d` or `s`, followed by `|`,
+/// `\n` or the end) and returns it with its length.
+#[inline]
+fn kind_prefix(text: &[u8]) -> Option<(MetricKind, usize)> {
+    let kind = match text.first()? {
+        b'c' => MetricKind::Counter,
+        b'g' => MetricKind::Gauge,
+        b'h' => MetricKind::Histogram,
+        b'd' => MetricKind::Distribution,
+        b's' => MetricKind::Set,
+        b'm' if text.get(1) == Some(&b's') => MetricKind::Timer,
+        _ => return None,
+    };
+    let len = if kind == MetricKind::Timer { 2 } else { 1 };
+    match text.get(len) {
+        None | Some(b'|' | b'\n') => Some((kind, len)),
+        Some(_) => None,
+    }
 }
 
 /// Parses one line and hands each of its samples (or the error of a bad one) to `visit`.
@@ -418,19 +499,31 @@ fn parse_number(text: &str) -> Result<f64, ParseError> {
 /// cost.
 #[inline]
 fn parse_decimal(text: &[u8]) -> Option<f64> {
+    match scan_decimal(text)? {
+        (value, end) if end == text.len() => Some(value),
+        _ => None,
+    }
+}
+
+/// Reads a plain decimal (as [`parse_decimal`] does) up to the first `|`, `\n` or the end, in the
+/// same pass that looks for that `|`, and returns it with the length of its text; `None` when
+/// a byte before it is not part of such a decimal.
+#[inline]
+fn scan_decimal(text: &[u8]) -> Option<(f64, usize)> {
     const POWERS_OF_TEN: [f64; 16] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
     ];
-    let (negative, number) = match text.split_first()? {
-        (b'-', rest) => (true, rest),
-        (b'+', rest) => (false, rest),
-        _ => (false, text),
+    let (negative, start) = match text.first()? {
+        b'-' => (true, 1),
+        b'+' => (false, 1),
+        _ => (false, 0),
     };
     let mut mantissa: u64 = 0;
     let mut digits = 0usize;
     let mut fraction_digits = 0usize;
     let mut seen_point = false;
-    for byte in number {
+    let mut end = text.len();
+    for (index, byte) in text.iter().enumerate().skip(start) {
         match byte {
             b'0'..=b'9' => {
                 mantissa = mantissa * 10 + u64::from(byte - b'0');
@@ -443,14 +536,18 @@ fn parse_decimal(text: &[u8]) -> Option<f64> {
                 }
             }
             b'.' if !seen_point => seen_point = true,
+            b'|' | b'\n' => {
+                end = index;
+                break;
+            }
             _ => return None,
         }
     }
     if digits == 0 {
         return None;
     }
-    let value = mantissa as f64 / POWERS_OF_TEN[fraction_digits];
-    Some(if negative { -value } else { value })
+    let value = mantissa as f64 / POWERS_OF_TEN.get(fraction_digits)?;
+    Some((if negative { -value } else { value }, end))
 }
 
 fn parse_value(
@@ -994,7 +1091,7 @@ mod tests {
 
         #[test]
         fn the_fast_path_reads_a_line_as_the_general_parser_does(
-            line in "[a-c.:|#@,=_é0-9+\\-]{0,30}|[a-c]{1,3}:[+\\-]?[0-9.]{0,5}\\|(c|g|ms|h|d|s)(\\|[@#][a-c0-9.:,]{0,6}){0,3}",
+            line in "[a-c.:|#@,=_é0-9+\\-]{0,30}|[a-c.]{1,20}:[+\\-]?[0-9.]{0,5}\\|(c|g|ms|h|d|s)(\\|[@#][a-c0-9.:,|]{0,6}){0,3}",
             invalid in proptest::option::of(0usize..40),
         ) {
             let mut bytes = line.into_bytes();
@@ -1022,6 +1119,42 @@ mod tests {
                         || std::str::from_utf8(fast.dogstatsd_tags).is_err()
                 );
             }
+        }
+
+        #[test]
+        fn the_word_scan_finds_the_first_of_two_bytes(
+            bytes in proptest::collection::vec(prop_oneof![Just(b':'), Just(b'\n'), any::<u8>()], 0..64)
+        ) {
+            prop_assert_eq!(
+                find_either(&bytes, b':', b'\n'),
+                bytes.iter().position(|byte| *byte == b':' || *byte == b'\n')
+            );
+        }
+
+        #[test]
+        fn lines_of_the_common_shape_take_the_fast_path(
+            name in "[a-z][a-z0-9_.]{0,40}",
+            value in "[0-9]{1,6}(\\.[0-9]{1,3})?",
+            kind in "c|g|ms|h|d",
+            rate in proptest::option::of("0\\.[1-9]|1"),
+            tags in proptest::option::of("[a-z]{1,8}:[a-z0-9]{1,8}(,[a-z]{1,8}:[a-z0-9]{1,8}){0,3}"),
+        ) {
+            let mut line = format!("{name}:{value}|{kind}");
+            if let Some(rate) = &rate {
+                line.push_str(&format!("|@{rate}"));
+            }
+            if let Some(tags) = &tags {
+                line.push_str(&format!("|#{tags}"));
+            }
+            let fast = fast_sample(line.as_bytes());
+            prop_assert!(fast.is_some(), "{}", line);
+            let fast = fast.unwrap();
+            prop_assert_eq!(fast.name_section, name.as_bytes());
+            prop_assert_eq!(fast.dogstatsd_tags, tags.as_deref().unwrap_or_default().as_bytes());
+            // Read in place, with the datagram's next line after it.
+            let datagram = format!("{line}\nnext.line:1|c");
+            let in_place = fast_sample_at(datagram.as_bytes());
+            prop_assert_eq!(in_place, Some((fast, line.len())), "{}", line);
         }
 
         #[test]
