@@ -48,7 +48,15 @@ pub struct StatsdArgs {
     /// Sends made by `--find-max-rate` after the first.
     #[arg(long, default_value_t = 5)]
     pub search_steps: u32,
+    /// Give each timer and histogram series 8 values in turn, timers in milliseconds with six
+    /// decimals as the Python `statsd` client formats them; without it every series repeats
+    /// one whole value, which Vigil's sketches take in runs.
+    #[arg(long)]
+    pub varied_values: bool,
 }
+
+/// Values each series takes in turn with `--varied-values`.
+const VARIED_PASSES: usize = 8;
 
 /// Pre-built datagrams cycled by the sender.
 struct Load {
@@ -58,27 +66,41 @@ struct Load {
 
 /// Returns the line of series `index`: a mix of counters with a rate, gauges with deltas,
 /// timers with DogStatsD tags and histograms, over 20 services.
-fn series_line(index: usize) -> String {
+/// `pass` is `None` for the one whole value a series repeats, else which of its varied values.
+fn series_line(index: usize, pass: Option<usize>) -> String {
     let service = index % 20;
-    match index % 4 {
-        0 => format!("load.svc{service}.requests.s{index}:1|c|@0.5"),
-        1 => format!("load.svc{service}.queue.s{index}:+1|g"),
-        2 => format!(
+    match (index % 4, pass) {
+        (0, _) => format!("load.svc{service}.requests.s{index}:1|c|@0.5"),
+        (1, _) => format!("load.svc{service}.queue.s{index}:+1|g"),
+        (2, None) => format!(
             "load.svc{service}.latency.s{index}:{}|ms|#env:bench",
             index % 997
         ),
-        _ => format!("load.svc{service}.bytes.s{index}:{}|h", index % 4093),
+        (2, Some(pass)) => format!(
+            "load.svc{service}.latency.s{index}:{:.6}|ms|#env:bench",
+            ((index * 7 + pass * 131) % 997) as f64 + pass as f64 * 0.123_457
+        ),
+        (_, None) => format!("load.svc{service}.bytes.s{index}:{}|h", index % 4093),
+        (_, Some(pass)) => format!(
+            "load.svc{service}.bytes.s{index}:{}|h",
+            (index + pass * 509) % 4093
+        ),
     }
 }
 
 impl Load {
-    /// Packs every series (twice, so datagram boundaries shift) into datagrams.
+    /// Packs every series (twice, so datagram boundaries shift; with `--varied-values` once
+    /// per value) into datagrams.
     fn build(args: &StatsdArgs) -> anyhow::Result<Self> {
         if args.series == 0 {
             bail!("--series must be at least 1");
         }
-        let lines: Vec<String> = (0..args.series * 2)
-            .map(|index| series_line(index % args.series))
+        let passes = if args.varied_values { VARIED_PASSES } else { 2 };
+        let lines: Vec<String> = (0..args.series * passes)
+            .map(|index| {
+                let pass = args.varied_values.then_some(index / args.series);
+                series_line(index % args.series, pass)
+            })
             .collect();
         let mut datagrams = Vec::new();
         let mut lines_per_datagram = Vec::new();
@@ -455,6 +477,7 @@ mod tests {
             find_max_rate: false,
             max_loss_pct: 0.1,
             search_steps: 5,
+            varied_values: false,
         }
     }
 
@@ -467,6 +490,29 @@ mod tests {
             .all(|datagram| datagram.len() <= 1_400));
         let total: u64 = load.lines_per_datagram.iter().sum();
         assert_eq!(total, 2_000);
+    }
+
+    #[test]
+    fn varied_values_give_each_timer_eight_values() {
+        let load = Load::build(&StatsdArgs {
+            varied_values: true,
+            ..args(0)
+        })
+        .unwrap();
+        let text: Vec<String> = load
+            .datagrams
+            .iter()
+            .map(|datagram| String::from_utf8(datagram.clone()).unwrap())
+            .collect();
+        let timer_values: std::collections::HashSet<&str> = text
+            .iter()
+            .flat_map(|datagram| datagram.lines())
+            .filter_map(|line| line.strip_prefix("load.svc2.latency.s2:"))
+            .collect();
+        assert_eq!(timer_values.len(), VARIED_PASSES, "{timer_values:?}");
+        assert!(timer_values.iter().all(|value| value.contains('.')));
+        let total: u64 = load.lines_per_datagram.iter().sum();
+        assert_eq!(total, 8_000);
     }
 
     #[test]
