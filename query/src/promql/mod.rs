@@ -10,9 +10,12 @@
 //! whole window they need. Metric names are removed late, as Prometheus does with delayed name
 //! removal: a series carries a "drop the name" flag until the result is returned.
 //!
-//! Semantics follow Prometheus 3: a 5 minute lookback whose left edge is open, staleness markers
-//! ending a series, range windows `(t - range, t]`, extrapolated `rate`/`increase`/`delta`,
-//! Kahan summation in `sum`, `avg` and the `*_over_time` family.
+//! Semantics follow Prometheus 3: staleness markers ending a series, range windows
+//! `(t - range, t]`, extrapolated `rate`/`increase`/`delta`, Kahan summation in `sum`, `avg`
+//! and the `*_over_time` family. One exception: by default the 5 minute lookback of an instant
+//! selector still sees a sample exactly 5 minutes old, as Prometheus 2 and most of Prometheus'
+//! own conformance files expect; [`EngineOptions::lookback_left_open`] gives Prometheus 3's
+//! open left edge.
 
 mod aggregate;
 mod binary;
