@@ -13,9 +13,9 @@
 //! Semantics follow Prometheus 3: staleness markers ending a series, range windows
 //! `(t - range, t]`, extrapolated `rate`/`increase`/`delta`, Kahan summation in `sum`, `avg`
 //! and the `*_over_time` family. One exception: by default the 5 minute lookback of an instant
-//! selector still sees a sample exactly 5 minutes old, as Prometheus 2 and most of Prometheus'
-//! own conformance files expect; [`EngineOptions::lookback_left_open`] gives Prometheus 3's
-//! open left edge.
+//! selector still sees a sample exactly 5 minutes old, as Prometheus 2 does (kept because the
+//! conformance files in use were found to expect it more often);
+//! [`EngineOptions::lookback_left_open`] gives Prometheus 3's open left edge.
 
 mod aggregate;
 mod binary;
