@@ -19,6 +19,8 @@ use crate::config::{listen_address, Config};
 
 /// How often the log store's commits are made durable and the WAL they cover deleted.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+/// A commit starting this much later than planned is logged (debug): it was held up.
+const LATE_COMMIT_MS: u64 = 100;
 /// How often retention runs.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// How often `vigil_log_records_total` is written to the metric store.
@@ -99,16 +101,31 @@ pub async fn run_maintenance(
     telemetry: Telemetry,
     shutdown: CancellationToken,
 ) {
-    // Checkpoints run apart from commits, so a slow disk never holds a commit back.
+    // Checkpoints run apart from commits, so a slow disk never holds a commit back; so does
+    // the counting of lines and bytes, whose metric-store write must not delay a commit.
     let checkpoints = tokio::spawn(run_checkpoints(store.clone(), shutdown.clone()));
-    let mut commits = tokio::time::interval(store.options().commit_interval);
-    commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let counts = tokio::spawn(run_record_counts(
+        store.clone(),
+        metrics,
+        telemetry,
+        shutdown.clone(),
+    ));
+    // A commit starts `commit_interval` after the previous one started, or as soon as that one
+    // ends if it took longer: lines that arrived during a slow commit then wait for one more
+    // commit only, not for a commit plus a whole interval.
+    let commit_interval = store.options().commit_interval;
+    let mut next_commit = tokio::time::Instant::now() + commit_interval;
     let mut retention = tokio::time::interval(RETENTION_INTERVAL);
-    let mut counting = tokio::time::interval(RECORD_COUNTS_INTERVAL);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = commits.tick() => {
+            _ = tokio::time::sleep_until(next_commit) => {
+                let started = tokio::time::Instant::now();
+                let late_ms = started.saturating_duration_since(next_commit).as_millis() as u64;
+                if late_ms >= LATE_COMMIT_MS {
+                    tracing::debug!(late_ms, "log store commit started late");
+                }
+                next_commit = started + commit_interval;
                 let store = store.clone();
                 match tokio::task::spawn_blocking(move || store.commit()).await {
                     Ok(Ok(_)) => {}
@@ -125,6 +142,37 @@ pub async fn run_maintenance(
                     Err(error) => tracing::warn!(%error, "log retention task failed"),
                 }
             }
+        }
+    }
+    let store_for_commit = store.clone();
+    match tokio::task::spawn_blocking(move || store_for_commit.commit()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "final log store commit failed; the WAL keeps the lines")
+        }
+        Err(error) => tracing::warn!(%error, "final log store commit task failed"),
+    }
+    if checkpoints.await.is_err() {
+        tracing::warn!("log store checkpoint task failed");
+    }
+    if counts.await.is_err() {
+        tracing::warn!("log record count task failed");
+    }
+    checkpoint(&store).await;
+}
+
+/// Publishes the store's size and writes `vigil_log_records_total` every
+/// [`RECORD_COUNTS_INTERVAL`] until `shutdown`.
+async fn run_record_counts(
+    store: Arc<LogStore>,
+    metrics: Arc<dyn MetricSink>,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) {
+    let mut counting = tokio::time::interval(RECORD_COUNTS_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
             _ = counting.tick() => {
                 let store_for_usage = store.clone();
                 if let Ok((partitions, bytes)) = tokio::task::spawn_blocking(move || store_for_usage.disk_usage()).await {
@@ -148,18 +196,6 @@ pub async fn run_maintenance(
             }
         }
     }
-    let store_for_commit = store.clone();
-    match tokio::task::spawn_blocking(move || store_for_commit.commit()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "final log store commit failed; the WAL keeps the lines")
-        }
-        Err(error) => tracing::warn!(%error, "final log store commit task failed"),
-    }
-    if checkpoints.await.is_err() {
-        tracing::warn!("log store checkpoint task failed");
-    }
-    checkpoint(&store).await;
 }
 
 /// Runs a checkpoint every [`CHECKPOINT_INTERVAL`] until `shutdown`.

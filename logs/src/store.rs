@@ -48,6 +48,8 @@ pub const MAX_OPEN_WRITERS: usize = 4;
 /// A partition commit taking this long (in milliseconds) is logged as a warning: lines
 /// acknowledged meanwhile miss the 1 s ack-to-searchable goal.
 const SLOW_COMMIT_MS: u64 = 1_000;
+/// A commit waiting this long (in milliseconds) for the writers' lock is logged (debug).
+const SLOW_LOCK_MS: u64 = 100;
 /// Default of [`LogStoreOptions::max_uncommitted_lines`].
 pub const DEFAULT_MAX_UNCOMMITTED_LINES: usize = 40_000;
 /// Segments of about the same size merged together (tantivy's default is 8).
@@ -526,7 +528,14 @@ impl LogStore {
         // Take the dirty writers out under the lock, commit them without it (ingest goes on:
         // records for these partitions wait in `committing`), then put them back.
         let (previous_generation, mut taken) = {
+            let asked = Instant::now();
             let mut state = self.write_state.lock();
+            let lock_wait_ms = asked.elapsed().as_millis() as u64;
+            if lock_wait_ms >= SLOW_LOCK_MS {
+                // Writers hold the lock while they hand documents to tantivy, whose
+                // indexing queue blocks them when full.
+                tracing::debug!(lock_wait_ms, "log commit waited for the writers");
+            }
             let dirty: Vec<i64> = state
                 .writers
                 .iter()
@@ -602,10 +611,21 @@ impl LogStore {
             );
         }
         waiting.sort_by_key(|(seq, _, _)| *seq);
+        let (handed_over, handing_started) = (waiting.len(), Instant::now());
         for (seq, start_ns, document) in waiting {
             self.add_document(&mut state, start_ns, seq, document)?;
         }
         drop(state);
+        let hand_over_ms = handing_started.elapsed().as_millis() as u64;
+        if hand_over_ms >= SLOW_LOCK_MS {
+            // The next commit cannot start before this: lines that arrived during a commit
+            // go to tantivy's queue, which blocks while its indexing threads are behind.
+            tracing::debug!(
+                lines = handed_over,
+                hand_over_ms,
+                "log commit handed the lines that arrived meanwhile to the writers"
+            );
+        }
         outcome?;
         // Every record of the older generations is now committed; their WAL files go at the
         // next checkpoint, once the commit's files are synced.

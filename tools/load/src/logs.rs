@@ -66,6 +66,10 @@ pub struct LogsArgs {
     /// Baseline only: commit every this long (issue 3: 10 s).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub commit_every: Duration,
+    /// Print one line per probe to stderr: when it was acknowledged, its lag, how many
+    /// searches it took and the slowest of them (where a long lag comes from).
+    #[arg(long)]
+    pub probe_trace: bool,
 }
 
 fn now_ns() -> i64 {
@@ -341,6 +345,8 @@ struct Probe {
     name: String,
     sending: Arc<std::sync::atomic::AtomicBool>,
     lags: Arc<Mutex<Vec<f64>>>,
+    /// Print each probe's details to stderr.
+    trace: bool,
 }
 
 impl Probe {
@@ -372,8 +378,13 @@ impl Probe {
                 around_ns + 60_000_000_000,
                 1,
             );
+            let mut searches = 0u32;
+            let mut slowest_search = Duration::ZERO;
             let lag = loop {
+                let search_started = Instant::now();
                 let answer = connection.get_json(&path)?;
+                searches += 1;
+                slowest_search = slowest_search.max(search_started.elapsed());
                 if answer["total"].as_u64().unwrap_or(0) >= 1 {
                     break acknowledged.elapsed().as_secs_f64();
                 }
@@ -382,6 +393,15 @@ impl Probe {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             };
+            if self.trace {
+                let acknowledged_ms =
+                    now_ns() / 1_000_000 - acknowledged.elapsed().as_millis() as i64;
+                eprintln!(
+                    "probe={} acknowledged_unix_ms={acknowledged_ms} lag_s={lag:.3} searches={searches} slowest_search_ms={}",
+                    self.name,
+                    slowest_search.as_millis()
+                );
+            }
             self.lags
                 .lock()
                 .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -438,6 +458,7 @@ pub fn run_against_vigil(args: &LogsArgs) -> anyhow::Result<()> {
             name: format!("probe-{run}-now"),
             sending: sending.clone(),
             lags: now_probe_lags.clone(),
+            trace: args.probe_trace,
         };
         std::thread::spawn(move || probe.run(|| None))
     };
@@ -447,6 +468,7 @@ pub fn run_against_vigil(args: &LogsArgs) -> anyhow::Result<()> {
             name: format!("probe-{run}-bulk"),
             sending: sending.clone(),
             lags: bulk_probe_lags.clone(),
+            trace: args.probe_trace,
         };
         let generator = generator.clone();
         let next_batch = next_batch.clone();
