@@ -16,6 +16,7 @@ pub mod schema;
 pub mod search;
 pub mod store;
 pub mod tokenizer;
+pub mod upgrade;
 pub mod wal;
 
 pub use store::{LogStore, LogStoreError, LogStoreOptions};

@@ -1,5 +1,8 @@
 //! The tantivy schema of a log partition, and how a [`LogRecord`] becomes a document.
 
+use std::collections::{btree_map, BTreeMap};
+
+use tantivy::schema::document::{ReferenceValue, ReferenceValueLeaf, Value};
 use tantivy::schema::{
     Field, IndexRecordOption, JsonObjectOptions, NumericOptions, Schema, TextFieldIndexing,
     TextOptions, FAST, STORED,
@@ -150,21 +153,131 @@ impl LogSchema {
             }
         }
         if !record.attributes.is_empty() {
-            let object: serde_json::Map<String, serde_json::Value> = record
-                .attributes
-                .iter()
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect();
-            let owned = tantivy::schema::OwnedValue::from(object);
-            document.add_field_value(self.attributes, &owned);
+            document.add_field_value(self.attributes, Attributes::Map(&record.attributes));
         }
         document.add_text(self.record, record_json);
         document
     }
 }
 
+/// The attributes of a record, lent to tantivy as its JSON field's value without a copy.
+///
+/// Values are read as tantivy reads a `serde_json::Value` (`&serde_json::Value` is delegated to
+/// for every leaf, so RFC 3339 strings become dates, numbers `i64`, `u64` or `f64` the same way).
+#[derive(Clone, Copy, Debug)]
+enum Attributes<'a> {
+    /// The top-level object: dotted keys to values.
+    Map(&'a BTreeMap<String, serde_json::Value>),
+    /// A value inside it.
+    Json(&'a serde_json::Value),
+}
+
+/// The entries of an [`Attributes`] object.
+enum AttributeEntries<'a> {
+    Map(btree_map::Iter<'a, String, serde_json::Value>),
+    Json(serde_json::map::Iter<'a>),
+}
+
+impl<'a> Iterator for AttributeEntries<'a> {
+    type Item = (&'a str, Attributes<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, value) = match self {
+            AttributeEntries::Map(entries) => entries.next()?,
+            AttributeEntries::Json(entries) => entries.next()?,
+        };
+        Some((key.as_str(), Attributes::Json(value)))
+    }
+}
+
+impl<'a> Value<'a> for Attributes<'a> {
+    type ArrayIter = std::iter::Map<std::slice::Iter<'a, serde_json::Value>, ToAttributes<'a>>;
+    type ObjectIter = AttributeEntries<'a>;
+
+    fn as_value(&self) -> ReferenceValue<'a, Self> {
+        match *self {
+            Attributes::Map(map) => ReferenceValue::Object(AttributeEntries::Map(map.iter())),
+            Attributes::Json(serde_json::Value::Array(elements)) => {
+                ReferenceValue::Array(elements.iter().map(Attributes::Json as ToAttributes<'a>))
+            }
+            Attributes::Json(serde_json::Value::Object(object)) => {
+                ReferenceValue::Object(AttributeEntries::Json(object.iter()))
+            }
+            Attributes::Json(value) => match value.as_value() {
+                ReferenceValue::Leaf(leaf) => ReferenceValue::Leaf(leaf),
+                // Arrays and objects are matched above.
+                ReferenceValue::Array(_) | ReferenceValue::Object(_) => {
+                    ReferenceValue::Leaf(ReferenceValueLeaf::Null)
+                }
+            },
+        }
+    }
+}
+
+/// How an array element becomes an [`Attributes`] value.
+type ToAttributes<'a> = fn(&'a serde_json::Value) -> Attributes<'a>;
+
 fn lowercase_keyword() -> TextAnalyzer {
     TextAnalyzer::builder(RawTokenizer::default())
         .filter(LowerCaser)
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tantivy::schema::OwnedValue;
+    use tantivy::Document as _;
+
+    /// A scalar attribute value, with strings that tantivy takes for dates among them.
+    fn scalar() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            (-1e12f64..1e12).prop_map(serde_json::Value::from),
+            "[a-z0-9 ./:-]{0,24}".prop_map(serde_json::Value::from),
+            (1970u32..2100, 1u32..13, 1u32..29, 0u32..24)
+                .prop_map(|(y, m, d, h)| format!("{y}-{m:02}-{d:02}T{h:02}:30:00Z").into()),
+        ]
+    }
+
+    fn attribute() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            4 => scalar(),
+            1 => proptest::collection::vec(scalar(), 0..4).prop_map(serde_json::Value::from),
+            1 => proptest::collection::btree_map("[a-z]{1,6}", scalar(), 0..3)
+                .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+        ]
+    }
+
+    proptest! {
+        /// Lending the attributes gives the document tantivy's own conversion of the same JSON
+        /// gives (what the index and the stored fields hold).
+        #[test]
+        fn lent_attributes_make_the_document_tantivys_conversion_makes(
+            attributes in proptest::collection::btree_map("[a-z_.]{1,12}", attribute(), 1..8)
+        ) {
+            let schema = LogSchema::new();
+            let record = LogRecord {
+                timestamp_ns: 1,
+                message: "m".into(),
+                attributes: attributes.clone(),
+                ..LogRecord::default()
+            };
+            let lent = schema.document_with_json(&record, String::new());
+
+            let mut converted = TantivyDocument::default();
+            converted.add_i64(schema.timestamp, 1);
+            converted.add_text(schema.message, "m");
+            let object: serde_json::Map<String, serde_json::Value> =
+                attributes.into_iter().collect();
+            converted.add_field_value(schema.attributes, &OwnedValue::from(object));
+            converted.add_text(schema.record, "");
+
+            prop_assert_eq!(lent.to_json(&schema.schema), converted.to_json(&schema.schema));
+        }
+    }
 }

@@ -37,6 +37,7 @@ use vigil_model::{LogRecord, LogSink, LogSinkError};
 
 use crate::directory::{restore_synced_meta, DeferredSyncDirectory};
 use crate::schema::LogSchema;
+use crate::upgrade;
 use crate::wal::{self, PendingEntry, Wal, WalEntry, WalError};
 
 /// Nanoseconds in an hour.
@@ -134,6 +135,14 @@ pub enum LogStoreError {
         path: PathBuf,
         /// Why.
         source: tantivy::TantivyError,
+    },
+    /// A partition of an earlier index format could not be rebuilt.
+    #[error("log partition `{path}` could not be rebuilt in the current format: {source}")]
+    Upgrade {
+        /// The partition's directory.
+        path: PathBuf,
+        /// Why.
+        source: upgrade::UpgradeError,
     },
     /// The write-ahead log failed.
     #[error(transparent)]
@@ -243,6 +252,20 @@ impl LogStore {
         }
         std::fs::create_dir_all(directory).map_err(directory_error(directory))?;
         let schema = LogSchema::new();
+        // Partition rebuilds a crash interrupted are finished or undone first.
+        for entry in std::fs::read_dir(directory).map_err(directory_error(directory))? {
+            let entry = entry.map_err(directory_error(directory))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Some((partition, _)) = name.rsplit_once('.') else {
+                continue;
+            };
+            if parse_partition_name(partition).is_some() {
+                let path = directory.join(partition);
+                upgrade::recover(&path).map_err(directory_error(&path))?;
+            }
+        }
         let mut partitions = BTreeMap::new();
         for entry in std::fs::read_dir(directory).map_err(directory_error(directory))? {
             let entry = entry.map_err(directory_error(directory))?;
@@ -814,12 +837,12 @@ fn directory_size(path: &Path) -> u64 {
 }
 
 fn open_partition(
-    directory: &Path,
+    directory_root: &Path,
     schema: &LogSchema,
     start_ns: i64,
     width_ns: i64,
 ) -> Result<Partition, LogStoreError> {
-    let path = directory.join(partition_name(start_ns));
+    let path = directory_root.join(partition_name(start_ns));
     std::fs::create_dir_all(&path).map_err(directory_error(&path))?;
     restore_synced_meta(&path).map_err(directory_error(&path))?;
     let directory = DeferredSyncDirectory::open(&path).map_err(|error| LogStoreError::Index {
@@ -853,6 +876,30 @@ fn open_partition(
         .reload_policy(ReloadPolicy::Manual)
         .try_into()
         .map_err(index_error(&path))?;
+    if upgrade::has_foreign_term_dictionaries(&reader, schema).map_err(index_error(&path))? {
+        let started = Instant::now();
+        tracing::info!(
+            partition = %path.display(),
+            "log partition written by an earlier Vigil (FST term dictionaries): rebuilding it \
+             from its stored records, once"
+        );
+        drop(reader);
+        let lines = upgrade::rewrite_partition(&path, &index, schema).map_err(|source| {
+            LogStoreError::Upgrade {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        drop(index);
+        drop(directory);
+        tracing::info!(
+            partition = %path.display(),
+            lines,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "log partition rebuilt in the current index format"
+        );
+        return open_partition(directory_root, schema, start_ns, width_ns);
+    }
     Ok(Partition {
         start_ns,
         end_ns: start_ns.saturating_add(width_ns),

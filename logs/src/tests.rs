@@ -943,3 +943,147 @@ fn a_write_kept_waiting_by_the_backlog_is_refused_as_overloaded() {
     store.commit().unwrap();
     store.write_records(lines(25)).unwrap();
 }
+
+/// Copies the partition an earlier Vigil wrote (term dictionaries as FSTs) into `directory`.
+fn copy_fst_fixture(directory: &std::path::Path) -> std::path::PathBuf {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fst-partition/p-2026-01-05T00");
+    let partition = directory.join("p-2026-01-05T00");
+    std::fs::create_dir_all(&partition).unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), partition.join(entry.file_name())).unwrap();
+    }
+    partition
+}
+
+fn january_hits(searcher: &LogSearcher, query: &str) -> Vec<String> {
+    let january = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .timestamp_nanos_opt()
+        .unwrap();
+    let page = searcher
+        .search(&SearchRequest {
+            query: query.to_string(),
+            start_ns: january,
+            end_ns: january + 31 * DAY_NS,
+            limit: 100,
+            cursor: None,
+            order: SortOrder::Ascending,
+        })
+        .unwrap();
+    page.hits
+        .into_iter()
+        .map(|hit| hit.record.message)
+        .collect()
+}
+
+/// A partition written by an earlier Vigil, whose term dictionaries are FSTs (this build reads
+/// SSTables), is rebuilt when the store opens: its four lines (tests/fixtures/fst-partition/
+/// lines.ndjson) are found by the same queries, and it takes new lines after them.
+#[test]
+fn partitions_with_fst_term_dictionaries_are_rebuilt_and_found() {
+    let directory = tempfile::tempdir().unwrap();
+    let partition = copy_fst_fixture(directory.path());
+    {
+        let index = tantivy::Index::open_in_dir(&partition).unwrap();
+        let reader = index.reader().unwrap();
+        let schema = crate::schema::LogSchema::new();
+        assert!(crate::upgrade::has_foreign_term_dictionaries(&reader, &schema).unwrap());
+    }
+    let store = open(directory.path());
+    let searcher = LogSearcher::new(Arc::clone(&store));
+    let declined = "payment declined for order 5f0c8e3a-1b2c-4d5e-8f90-123456789abc";
+    assert_eq!(january_hits(&searcher, "").len(), 4);
+    assert_eq!(january_hits(&searcher, "level:error"), vec![declined]);
+    assert_eq!(
+        january_hits(&searcher, "level:warn"),
+        vec!["slow upstream call to inventory"]
+    );
+    assert_eq!(january_hits(&searcher, "service:checkout").len(), 2);
+    assert_eq!(
+        january_hits(&searcher, "\"cache miss\""),
+        vec!["cache miss for key cart:42, loading from database"]
+    );
+    assert_eq!(
+        january_hits(&searcher, "5f0c8e3a-1b2c-4d5e-8f90-123456789abc"),
+        vec![declined]
+    );
+    assert_eq!(
+        january_hits(
+            &searcher,
+            "correlation_id:\"0a1b2c3d-0000-4000-8000-000000000002\""
+        ),
+        vec!["GET /api/v1/items/981 200 12ms"]
+    );
+    assert_eq!(
+        january_hits(&searcher, "attributes.http.status:502"),
+        vec![declined]
+    );
+    assert_eq!(
+        january_hits(&searcher, "trace_id:4bf92f3577b34da6a3ce929d0e0e4736"),
+        vec!["slow upstream call to inventory"]
+    );
+
+    // New lines follow the old ones in write order.
+    let mut later = record(0, "info", "cart", "written after the rebuild");
+    later.timestamp_ns = chrono::DateTime::parse_from_rfc3339("2026-01-05T12:00:00Z")
+        .unwrap()
+        .timestamp_nanos_opt()
+        .unwrap();
+    store.write_records(vec![later]).unwrap();
+    store.commit().unwrap();
+    let all = january_hits(&searcher, "");
+    assert_eq!(all.len(), 5);
+    assert_eq!(all.last().unwrap(), "written after the rebuild");
+    drop(searcher);
+    drop(store);
+
+    // Nothing is left beside the partition, and it is not rebuilt again.
+    let names: Vec<String> = std::fs::read_dir(directory.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("p-"))
+        .collect();
+    assert_eq!(names, vec!["p-2026-01-05T00"]);
+    let index = tantivy::Index::open_in_dir(&partition).unwrap();
+    let reader = index.reader().unwrap();
+    let schema = crate::schema::LogSchema::new();
+    assert!(!crate::upgrade::has_foreign_term_dictionaries(&reader, &schema).unwrap());
+    drop(reader);
+    let store = open(directory.path());
+    assert_eq!(january_hits(&LogSearcher::new(store), "").len(), 5);
+}
+
+/// A rebuild a crash interrupted is undone (before the swap) or finished (after it).
+#[test]
+fn an_interrupted_rebuild_is_undone_or_finished() {
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path();
+    let name = "p-2026-01-05T00";
+    let count = |root: &std::path::Path| {
+        let store = open(root);
+        january_hits(&LogSearcher::new(store), "").len()
+    };
+
+    // Crash while the rebuild was written: it is deleted, and the partition rebuilt again.
+    let partition = copy_fst_fixture(root);
+    std::fs::create_dir_all(root.join(format!("{name}.rewrite"))).unwrap();
+    std::fs::write(root.join(format!("{name}.rewrite/meta.json")), b"{").unwrap();
+    assert_eq!(count(root), 4);
+    assert!(!root.join(format!("{name}.rewrite")).exists());
+
+    // Crash between the two renames: the old partition is put back and rebuilt.
+    std::fs::remove_dir_all(&partition).unwrap();
+    copy_fst_fixture(root);
+    std::fs::rename(&partition, root.join(format!("{name}.old"))).unwrap();
+    assert_eq!(count(root), 4);
+    assert!(!root.join(format!("{name}.old")).exists());
+
+    // Crash after the swap: the rebuilt partition stays, the old one is deleted.
+    let old = root.join(format!("{name}.old"));
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("meta.json"), b"{").unwrap();
+    assert_eq!(count(root), 4);
+    assert!(!old.exists());
+}
