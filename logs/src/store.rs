@@ -52,7 +52,7 @@ const SLOW_COMMIT_MS: u64 = 1_000;
 /// A commit waiting this long (in milliseconds) for the writers' lock is logged (debug).
 const SLOW_LOCK_MS: u64 = 100;
 /// Default of [`LogStoreOptions::max_uncommitted_lines`].
-pub const DEFAULT_MAX_UNCOMMITTED_LINES: usize = 40_000;
+pub const DEFAULT_MAX_UNCOMMITTED_LINES: usize = 80_000;
 /// Segments of about the same size merged together (tantivy's default is 8).
 pub const MERGE_FACTOR: usize = 32;
 /// Segments holding more documents than this are never merged again.
