@@ -6,7 +6,7 @@
 //!   searchable (the backlog bound), assigns each record a sequence number, appends the batch
 //!   to the WAL, hands the documents to the partition's `IndexWriter` (in memory), releases
 //!   the lock and `fdatasync`s the WAL. Only then is the batch acknowledged.
-//! - **Serializer.** [`LogStore::commit`] (every `commit_interval`, 500 ms by default, and on
+//! - **Serializer.** [`LogStore::commit`] (every `commit_interval`, 250 ms by default, and on
 //!   shutdown) starts a new WAL generation, takes the writers of partitions written since the
 //!   last commit out of the lock, commits them side by side (records arriving for them
 //!   meanwhile wait in memory, already in the WAL), puts them back, reloads their readers
@@ -51,6 +51,10 @@ pub const MAX_OPEN_WRITERS: usize = 4;
 const SLOW_COMMIT_MS: u64 = 1_000;
 /// A commit waiting this long (in milliseconds) for the writers' lock is logged (debug).
 const SLOW_LOCK_MS: u64 = 100;
+/// Default of [`LogStoreOptions::commit_interval`]. A line acknowledged just after a commit
+/// started is searchable once the next commit ends: this interval plus a commit's duration, or
+/// two commits' durations when commits take longer (docs/LOGS.md, "Searchable within 1 s").
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 /// Default of [`LogStoreOptions::max_uncommitted_lines`].
 pub const DEFAULT_MAX_UNCOMMITTED_LINES: usize = 80_000;
 /// Segments of about the same size merged together (tantivy's default is 8).
@@ -60,12 +64,13 @@ pub const MAX_DOCS_BEFORE_MERGE: usize = 200_000;
 
 /// Returns the merge policy of a partition's writer.
 ///
-/// Commits every 500 ms leave two small segments per commit (one per indexing thread, about
-/// 12,000 lines each at 50,000 lines/s). Under tantivy's default policy (8 at a time, up to
+/// Commits every 250 ms leave two small segments per commit (one per indexing thread, about
+/// 10,000 lines each at 80,000 lines/s). Under tantivy's default policy (8 at a time, up to
 /// 10 M documents) each line was rewritten two or three times as segments climbed the levels.
 /// Merging 32 at a time and leaving a segment alone once it holds over 200,000 lines rewrites a
-/// line about once at full ingest (segments of ~400,000 lines, as plain tantivy committing every
-/// 10 s makes), at the cost of up to 31 small segments per partition waiting to be merged.
+/// line about once at full ingest (segments of 300,000–600,000 lines, as plain tantivy
+/// committing every 10 s makes), at the cost of up to 31 small segments per partition waiting
+/// to be merged.
 pub fn merge_policy() -> LogMergePolicy {
     let mut policy = LogMergePolicy::default();
     policy.set_min_num_segments(MERGE_FACTOR);
@@ -104,7 +109,7 @@ impl Default for LogStoreOptions {
         LogStoreOptions {
             retention: Duration::from_secs(7 * 86_400),
             retention_size_bytes: 0,
-            commit_interval: Duration::from_millis(500),
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
             partition_ns: DAY_NS,
             writer_memory_bytes: 128 << 20,
             indexing_threads: std::thread::available_parallelism()

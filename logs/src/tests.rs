@@ -875,7 +875,7 @@ fn merge_candidates(segment_sizes: &[u32]) -> Vec<Vec<u32>> {
 
 #[test]
 fn small_commit_segments_wait_for_a_full_merge_of_thirty_two() {
-    // Two segments per 500 ms commit at 50,000 lines/s: about 12,500 lines each.
+    // Two segments per 250 ms commit at 100,000 lines/s: about 12,500 lines each.
     assert!(merge_candidates(&[12_500; 31]).is_empty());
     let candidates = merge_candidates(&[12_500; 32]);
     assert_eq!(candidates, vec![vec![12_500; 32]]);

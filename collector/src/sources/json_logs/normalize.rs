@@ -161,14 +161,20 @@ pub fn normalize(
 /// Removes and returns the first key of `keys` holding a non-empty scalar, as text.
 fn take_text(fields: &mut BTreeMap<String, Value>, keys: &[&str]) -> String {
     for key in keys {
-        let text = match fields.get(*key) {
-            Some(Value::String(text)) if !text.is_empty() => text.clone(),
+        let usable = match fields.get(*key) {
+            Some(Value::String(text)) => !text.is_empty(),
+            Some(Value::Number(_) | Value::Bool(_)) => true,
+            _ => false,
+        };
+        if !usable {
+            continue;
+        }
+        return match fields.remove(*key) {
+            Some(Value::String(text)) => text,
             Some(Value::Number(number)) => number.to_string(),
             Some(Value::Bool(flag)) => flag.to_string(),
-            _ => continue,
+            _ => String::new(),
         };
-        fields.remove(*key);
-        return text;
     }
     String::new()
 }
