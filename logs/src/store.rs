@@ -56,7 +56,7 @@ const SLOW_LOCK_MS: u64 = 100;
 /// two commits' durations when commits take longer (docs/LOGS.md, "Searchable within 1 s").
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 /// Default of [`LogStoreOptions::max_uncommitted_lines`].
-pub const DEFAULT_MAX_UNCOMMITTED_LINES: usize = 80_000;
+pub const DEFAULT_MAX_UNCOMMITTED_LINES: usize = 40_000;
 /// Segments of about the same size merged together (tantivy's default is 8).
 pub const MERGE_FACTOR: usize = 32;
 /// Segments holding more documents than this are never merged again.
